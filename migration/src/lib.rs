@@ -1,0 +1,17 @@
+//! Schema migrations for Gatehouse, run at `gatehouse serve` start and by `gatehouse migrate`.
+//!
+//! Migrations are append-only: a released migration is never edited, a change is a new file named
+//! `mYYYYMMDD_HHMMSS_verb_noun`.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_tm20_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_tm20_tables::Migration)]
+    }
+}

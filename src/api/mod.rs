@@ -1,0 +1,126 @@
+//! The REST API: one route table ([`configure`]), one file per resource. Every `/api/` route needs the bearer
+//! token; every answer is JSON, errors included.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    middleware::{from_fn, Next},
+    web, HttpRequest, HttpResponse,
+};
+
+use crate::config::Settings;
+use crate::devices::tm20::session::SessionDeps;
+use crate::error::ApiError;
+use crate::registry::Registry;
+use crate::store::Store;
+
+mod commands;
+mod health;
+mod terminals;
+pub mod websocket;
+
+/// Everything a handler needs; built once by `startup`, shared by every worker.
+pub struct AppState {
+    pub store: Store,
+    pub registry: Addr<Registry>,
+    pub settings: Arc<Settings>,
+    pub api_token: String,
+    pub session_deps: Arc<SessionDeps>,
+}
+
+/// The route table.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/pub/chat", web::get().to(websocket::tm20))
+        .route("/ws/tm20", web::get().to(websocket::tm20))
+        .service(
+            web::scope("/api")
+                .wrap(from_fn(require_token))
+                .route("/terminals", web::get().to(terminals::list))
+                .route("/terminals/{sn}", web::get().to(terminals::detail))
+                .route("/terminals/{sn}", web::patch().to(terminals::patch))
+                .route("/terminals/{sn}", web::put().to(terminals::put))
+                .route("/terminals/{sn}/command", web::post().to(commands::send))
+                .route("/terminals/{sn}/users", web::get().to(terminals::users))
+                .route("/terminals/{sn}/logs", web::get().to(terminals::logs))
+                .route("/commands/{id}", web::get().to(commands::get))
+                .route("/connected", web::get().to(terminals::connected))
+                .default_service(web::to(not_found)),
+        )
+        .default_service(web::to(fallback));
+}
+
+/// Terminals let people type any path in their menu: a WebSocket upgrade on a path nobody else claims is a
+/// terminal; anything else is a JSON 404.
+async fn fallback(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let is_upgrade = req
+        .headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_upgrade && req.method() == actix_web::http::Method::GET {
+        return websocket::tm20(req, body, state).await;
+    }
+    Err(not_found_error(&req).into())
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(not_found_error(&req))
+}
+
+fn not_found_error(req: &HttpRequest) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
+}
+
+async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let expected = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.api_token.clone())
+        .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.call(req).await
+        }
+        _ => Err(ApiError::Unauthorized.into()),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

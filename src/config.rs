@@ -1,0 +1,130 @@
+//! Settings: one struct, defaults in code, overridden by environment variables (and an optional `.env`,
+//! loaded by `main` before parsing) or command-line flags. Every variable is documented in `.env.example`.
+
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+
+/// Default SQLite file, created on first start (`mode=rwc`).
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://gatehouse.db?mode=rwc";
+
+/// Largest WebSocket message a terminal may send. Enrolment photos are JPEGs of up to ~150 KB, i.e. ~200 KB of
+/// base64 inside a `senduser`/`sendlog` frame; the vendor's own server allows 2,048,000 bytes, so we match it.
+pub const DEFAULT_TM20_MAX_FRAME_BYTES: usize = 2_048_000;
+
+/// Settings of `gatehouse serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Settings {
+    /// Address the HTTP + WebSocket listener binds to.
+    #[arg(long, env = "GATEHOUSE_BIND", default_value = "0.0.0.0:7788")]
+    pub bind: String,
+
+    /// sea-orm database URL: `sqlite://FILE?mode=rwc` or `postgres://user@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Bearer token for `/api/`; a random one is generated and logged once when unset.
+    #[arg(long, env = "GATEHOUSE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Seconds between WebSocket pings to a terminal.
+    #[arg(long, env = "TM20_HEARTBEAT_INTERVAL", default_value = "30", value_parser = parse_seconds)]
+    pub tm20_heartbeat_interval: Duration,
+
+    /// Seconds without any frame after which a terminal's socket is closed; also the time a new socket has to
+    /// send `reg`.
+    #[arg(long, env = "TM20_CONNECTION_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
+    pub tm20_connection_timeout: Duration,
+
+    /// 1: only whitelisted terminals may register.
+    #[arg(long, env = "TM20_REQUIRE_WHITELIST", default_value = "0", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub tm20_require_whitelist: bool,
+
+    /// Largest WebSocket message a terminal may send, in bytes.
+    #[arg(long, env = "TM20_MAX_FRAME_BYTES", default_value_t = DEFAULT_TM20_MAX_FRAME_BYTES)]
+    pub tm20_max_frame_bytes: usize,
+
+    /// Offset of the terminals' local clock from UTC (`+02:00`); the server's own zone when unset. The
+    /// protocol's `cloudtime` carries no zone, so the terminal shows whatever wall-clock we send.
+    #[arg(long, env = "TM20_UTC_OFFSET", value_parser = parse_utc_offset)]
+    pub tm20_utc_offset: Option<chrono::FixedOffset>,
+
+    /// Seconds a command (and each page of a paged read) waits for the device's answer.
+    #[arg(long, env = "COMMAND_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub command_timeout: Duration,
+
+    /// Commands that may wait behind the one in flight, per device; more get 429.
+    #[arg(long, env = "COMMAND_QUEUE_SIZE", default_value_t = 32)]
+    pub command_queue_size: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: "0.0.0.0:7788".into(),
+            database_url: DEFAULT_DATABASE_URL.into(),
+            api_token: None,
+            tm20_heartbeat_interval: Duration::from_secs(30),
+            tm20_connection_timeout: Duration::from_secs(120),
+            tm20_require_whitelist: false,
+            tm20_max_frame_bytes: DEFAULT_TM20_MAX_FRAME_BYTES,
+            tm20_utc_offset: None,
+            command_timeout: Duration::from_secs(10),
+            command_queue_size: 32,
+        }
+    }
+}
+
+impl Settings {
+    /// The terminals' wall-clock time now (for `cloudtime` and `settime`).
+    pub fn device_now(&self) -> chrono::NaiveDateTime {
+        let now = chrono::Utc::now();
+        match self.tm20_utc_offset {
+            Some(offset) => now.with_timezone(&offset).naive_local(),
+            None => now.with_timezone(&chrono::Local).naive_local(),
+        }
+    }
+}
+
+/// Parses a number of seconds, decimals allowed (`0.5`), so tests can use short timings.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 365.0 * 86_400.0 {
+        return Err(format!(
+            "`{text}` must be between 0 and one year of seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_utc_offset(text: &str) -> Result<chrono::FixedOffset, String> {
+    text.trim()
+        .parse::<chrono::FixedOffset>()
+        .map_err(|_| format!("`{text}` is not a UTC offset like +02:00"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_accept_decimals_and_reject_nonsense() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_seconds("30"), Ok(Duration::from_secs(30)));
+        for bad in ["", "abc", "-1", "0", "NaN", "inf"] {
+            assert!(parse_seconds(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn utc_offsets_parse() {
+        assert_eq!(
+            parse_utc_offset("+05:30").map(|o| o.local_minus_utc()),
+            Ok(5 * 3600 + 1800)
+        );
+        assert!(parse_utc_offset("CET").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! Device families. Each has its wire protocol, its session actor and its typed command set; they share the
+//! WebSocket edge ([`transport`]) and the supervisor ([`crate::registry`]).
+
+use actix::Message;
+
+pub mod tm20;
+pub mod transport;
+
+/// Tells a session to close its socket with `reason` and stop; it answers nothing afterwards.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub reason: &'static str,
+}
+
+/// Source of connection ids: unique per process, so a late `Unregister` can never match a newer socket.
+static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub fn next_conn_id() -> crate::registry::ConnId {
+    NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

@@ -1,0 +1,206 @@
+//! Carries one REST command to a terminal's session and records its life in the `commands` table.
+//!
+//! The session reports `Sent` and `Finished` on a small channel; one tracker task per command turns those
+//! into database updates *in order* (so `sent` never overwrites `succeeded`), stores what a paged read
+//! returned, and then hands the outcome to the REST caller if it is waiting.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::commands::{Exchange, Tm20Command};
+use super::protocol::{self, Inbound};
+use super::session::{
+    CommandEvent, CommandOutcome, CommandRejected, QueuedCommand, SendCommand, Tm20Session,
+};
+use crate::store::{CommandState, NewCommand, Store, UserUpsert};
+
+/// Why a command could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("terminal {0} is not connected")]
+    NotConnected(String),
+    #[error("terminal {0} has too many commands waiting")]
+    QueueFull(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The final word on a command, as the REST caller sees it.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    Replied { result: bool, reply: Value },
+    TimedOut,
+    Disconnected,
+}
+
+/// Records the command, queues it on the session and starts its tracker. The returned receiver yields the
+/// outcome once it is stored.
+///
+/// # Errors
+/// [`DispatchError::NotConnected`] when the session is gone or not registered, [`DispatchError::QueueFull`]
+/// when the terminal's queue is full (the row is then marked failed), or a database error.
+pub async fn dispatch(
+    store: &Store,
+    session: &actix::Addr<Tm20Session>,
+    sn: &str,
+    terminal_id: i32,
+    command: Tm20Command,
+) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
+    let id = Uuid::new_v4();
+    let name = command.name();
+    store
+        .insert_command(NewCommand {
+            id,
+            device_kind: super::DEVICE_KIND,
+            device: sn.to_owned(),
+            command: name.to_owned(),
+            params: command.params_json(),
+        })
+        .await?;
+    // Two events per command at most (Sent, Finished): the session never waits on this channel.
+    let (events_tx, events_rx) = mpsc::channel(2);
+    let queued = QueuedCommand {
+        id,
+        exchange: Exchange::new(command.clone()),
+        events: events_tx,
+    };
+    let rejection = match session.send(SendCommand(queued)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(CommandRejected::QueueFull)) => Some(DispatchError::QueueFull(sn.to_owned())),
+        Ok(Err(CommandRejected::NotRegistered)) | Err(_) => {
+            Some(DispatchError::NotConnected(sn.to_owned()))
+        }
+    };
+    if let Some(err) = rejection {
+        store
+            .finish_command(id, CommandState::Failed, None, Some(err.to_string()))
+            .await?;
+        return Err(err);
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    let store = store.clone();
+    actix_rt::spawn(track(
+        store,
+        id,
+        terminal_id,
+        Arc::new(command),
+        events_rx,
+        done_tx,
+    ));
+    Ok((id, done_rx))
+}
+
+async fn track(
+    store: Store,
+    id: Uuid,
+    terminal_id: i32,
+    command: Arc<Tm20Command>,
+    mut events: mpsc::Receiver<CommandEvent>,
+    done: oneshot::Sender<Finished>,
+) {
+    let outcome = loop {
+        match events.recv().await {
+            Some(CommandEvent::Sent(at)) => {
+                if let Err(err) = store.mark_command_sent(id, at).await {
+                    tracing::warn!(%id, %err, "could not mark command sent");
+                }
+            }
+            Some(CommandEvent::Finished(outcome)) => break outcome,
+            // The session dropped the command without a word: it can only have died.
+            None => break CommandOutcome::Disconnected,
+        }
+    };
+    let finished = match outcome {
+        CommandOutcome::Replied(reply) => {
+            // Terminals omit `result` on some answers (gettime), which are successes.
+            let result = reply.get("result").and_then(Value::as_bool).unwrap_or(true);
+            Finished::Replied { result, reply }
+        }
+        CommandOutcome::Delivered => Finished::Replied {
+            result: true,
+            reply: Value::Null,
+        },
+        CommandOutcome::TimedOut => Finished::TimedOut,
+        CommandOutcome::Disconnected => Finished::Disconnected,
+    };
+    let (state, reply, error) = match &finished {
+        Finished::Replied { result, reply } => {
+            let mut error = None;
+            if *result {
+                if let Err(err) = store_read_results(&store, terminal_id, &command, reply).await {
+                    tracing::error!(%id, %err, "could not store what a read command returned");
+                    error = Some(format!("reply received but not stored: {err}"));
+                }
+            }
+            let state = if *result {
+                CommandState::Succeeded
+            } else {
+                CommandState::Failed
+            };
+            (state, (!reply.is_null()).then(|| reply.clone()), error)
+        }
+        Finished::TimedOut => (
+            CommandState::TimedOut,
+            None,
+            Some("the terminal did not answer in time".into()),
+        ),
+        Finished::Disconnected => (
+            CommandState::Failed,
+            None,
+            Some("the terminal disconnected before answering".into()),
+        ),
+    };
+    if let Err(err) = store.finish_command(id, state, reply, error).await {
+        tracing::error!(%id, %err, "could not record a command's outcome");
+    }
+    let _ = done.send(finished);
+}
+
+/// Users and logs read from a terminal are stored like the ones it pushes.
+async fn store_read_results(
+    store: &Store,
+    terminal_id: i32,
+    command: &Tm20Command,
+    reply: &Value,
+) -> Result<(), crate::store::StoreError> {
+    let records = reply.get("record").and_then(Value::as_array);
+    match (command.name(), records) {
+        ("getuserlist", Some(records)) => {
+            let users: Vec<UserUpsert> = records
+                .iter()
+                .filter_map(|r| {
+                    let enrollid = int_field(r, "enrollid").filter(|id| *id > 0)?;
+                    Some(UserUpsert {
+                        enrollid,
+                        name: None,
+                        admin: int_field(r, "admin").and_then(|a| i32::try_from(a).ok()),
+                        backupnum: int_field(r, "backupnum").and_then(|b| i32::try_from(b).ok()),
+                        record: None,
+                    })
+                })
+                .collect();
+            store.upsert_users(terminal_id, &users).await
+        }
+        ("getnewlog" | "getalllog", Some(records)) => {
+            // Parse the merged records exactly like a pushed batch, so both paths store the same rows.
+            let frame = json!({"cmd": "sendlog", "record": records}).to_string();
+            if let Ok(Inbound::SendLog(batch)) = protocol::parse_frame(&frame) {
+                store.insert_logs(terminal_id, &batch.records).await?;
+            }
+            Ok(())
+        }
+        ("getdevinfo", _) => store.set_devinfo_by_id(terminal_id, reply.clone()).await,
+        _ => Ok(()),
+    }
+}
+
+fn int_field(value: &Value, key: &str) -> Option<i64> {
+    match value.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,143 @@
+//! The WebSocket edge shared by every device family: turns an HTTP upgrade into (a stream of [`WsEvent`]s, a
+//! bounded [`Outbox`]). Session actors see only these two, so protocol code knows nothing of actix-ws.
+//!
+//! Outgoing frames go through one bounded channel to one writer task that owns the `actix_ws::Session`, which
+//! keeps their order. A device that stops reading fills the channel; the session then closes it instead of
+//! buffering without bound.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+/// Frames that may wait for the writer per socket. A terminal exchanges one command at a time, so a device
+/// this far behind is not reading.
+pub const OUTBOX_CAPACITY: usize = 64;
+
+/// What a session actor receives from its socket.
+#[derive(Debug)]
+pub enum WsEvent {
+    Text(String),
+    Binary(usize),
+    Ping(Vec<u8>),
+    Pong,
+    /// The peer closed; its reason text if any.
+    Close(Option<String>),
+    /// The frame stream failed (oversized frame, protocol violation, I/O).
+    Error(WsFailure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsFailure {
+    TooLarge,
+    Protocol,
+}
+
+/// What a session actor sends to its socket.
+#[derive(Debug)]
+pub enum OutFrame {
+    Text(String),
+    Ping,
+    Pong(Vec<u8>),
+    Close(CloseCode, String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OutboxError {
+    #[error("the device is not reading: its outbox is full")]
+    Full,
+    #[error("the socket is closed")]
+    Closed,
+}
+
+/// Bounded, ordered sink of outgoing frames; cloning shares the same queue.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<OutFrame>,
+}
+
+impl Outbox {
+    /// Queues a frame without waiting.
+    ///
+    /// # Errors
+    /// [`OutboxError::Full`] when the device is too far behind, [`OutboxError::Closed`] when the writer ended.
+    pub fn send(&self, frame: OutFrame) -> Result<(), OutboxError> {
+        self.tx.try_send(frame).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => OutboxError::Full,
+            mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
+        })
+    }
+
+    pub fn text(&self, text: impl Into<String>) -> Result<(), OutboxError> {
+        self.send(OutFrame::Text(text.into()))
+    }
+
+    /// A bare outbox whose frames land in the returned receiver (for tests of protocol code without sockets).
+    pub fn detached(capacity: usize) -> (Outbox, mpsc::Receiver<OutFrame>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Outbox { tx }, rx)
+    }
+}
+
+/// Performs the WebSocket handshake and starts the writer task.
+///
+/// # Errors
+/// When the request is not a valid WebSocket upgrade (answered 400 by actix).
+pub fn accept(
+    req: &HttpRequest,
+    body: web::Payload,
+    max_frame_bytes: usize,
+) -> Result<
+    (
+        HttpResponse,
+        impl Stream<Item = WsEvent> + Unpin + 'static,
+        Outbox,
+    ),
+    actix_web::Error,
+> {
+    let (response, session, stream) = actix_ws::handle(req, body)?;
+    let events = stream
+        .max_frame_size(max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(max_frame_bytes)
+        .map(|item| match item {
+            Ok(AggregatedMessage::Text(text)) => WsEvent::Text(text.to_string()),
+            Ok(AggregatedMessage::Binary(bytes)) => WsEvent::Binary(bytes.len()),
+            Ok(AggregatedMessage::Ping(bytes)) => WsEvent::Ping(bytes.to_vec()),
+            Ok(AggregatedMessage::Pong(_)) => WsEvent::Pong,
+            Ok(AggregatedMessage::Close(reason)) => {
+                WsEvent::Close(reason.and_then(|r| r.description))
+            }
+            Err(actix_ws::ProtocolError::Overflow) => WsEvent::Error(WsFailure::TooLarge),
+            Err(actix_ws::ProtocolError::Io(err)) if err.to_string().contains("maximum") => {
+                WsEvent::Error(WsFailure::TooLarge)
+            }
+            Err(_) => WsEvent::Error(WsFailure::Protocol),
+        });
+    let (tx, mut rx) = mpsc::channel::<OutFrame>(OUTBOX_CAPACITY);
+    actix_rt::spawn(async move {
+        let mut session = session;
+        while let Some(frame) = rx.recv().await {
+            let sent = match frame {
+                OutFrame::Text(text) => session.text(text).await,
+                OutFrame::Ping => session.ping(b"").await,
+                OutFrame::Pong(bytes) => session.pong(&bytes).await,
+                OutFrame::Close(code, description) => {
+                    let _ = session
+                        .close(Some(CloseReason {
+                            code,
+                            description: Some(description),
+                        }))
+                        .await;
+                    return;
+                }
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        // The session actor is gone without an explicit close: close politely.
+        let _ = session.close(Some(CloseCode::Normal.into())).await;
+    });
+    Ok((response, Box::pin(events), Outbox { tx }))
+}

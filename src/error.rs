@@ -1,0 +1,145 @@
+//! The REST error type: every failure becomes `{"error": "<snake_case_code>", "message": "<sentence>"}` with the
+//! right status. 5xx bodies carry a fixed message; the cause goes to the log.
+
+use actix_web::{http::StatusCode, HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{message}")]
+    InvalidParams { field: String, message: String },
+    #[error("unknown command `{0}`")]
+    UnknownCommand(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotConnected(String),
+    #[error("{0}")]
+    QueueFull(String),
+    #[error("{0}")]
+    DeviceTimeout(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// Stable machine-readable code; scripts match on it, so never rename one.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidParams { .. } => "invalid_params",
+            ApiError::UnknownCommand(_) => "unknown_command",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::NotConnected(_) => "not_connected",
+            ApiError::QueueFull(_) => "queue_full",
+            ApiError::DeviceTimeout(_) => "device_timeout",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_)
+            | ApiError::InvalidParams { .. }
+            | ApiError::UnknownCommand(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotConnected(_) => StatusCode::CONFLICT,
+            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::DeviceTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = match self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error answering a REST call");
+                "the server could not complete the request; see its log".to_string()
+            }
+            other => other.to_string(),
+        };
+        let field = match self {
+            ApiError::InvalidParams { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(ErrorBody {
+            error: self.code(),
+            message,
+            field,
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+}
+
+/// Routes malformed JSON bodies through [`ApiError`] instead of actix's plain-text answer.
+pub fn json_error_handler(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    match err {
+        E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => {
+            ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes")).into()
+        }
+        E::ContentType => {
+            ApiError::BadRequest("send the body as JSON with Content-Type: application/json".into())
+                .into()
+        }
+        other => ApiError::BadRequest(format!("request body is not valid JSON: {other}")).into(),
+    }
+}
+
+/// Routes malformed query strings through [`ApiError`].
+pub fn query_error_handler(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::BadRequest(format!("invalid query string: {err}")).into()
+}
+
+/// Routes malformed path segments through [`ApiError`].
+pub fn path_error_handler(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::BadRequest(format!("invalid path: {err}")).into()
+}

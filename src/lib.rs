@@ -1,0 +1,26 @@
+//! Gatehouse: a device gateway. Field devices (TM20 attendance terminals today) hold a WebSocket open to a
+//! node; admins drive them through a REST API; everything they report is stored with sea-orm.
+//!
+//! # Layout
+//! - [`config`]: settings from environment / `.env`, with defaults.
+//! - [`telemetry`]: tracing setup.
+//! - [`startup`]: builds a node (database, registry, listener) and runs it.
+//! - [`error`]: the REST error type and its JSON body.
+//! - [`registry`]: the supervisor actor, serial number → live session.
+//! - [`devices`]: one module per device family (wire protocol, session actor, commands) and the shared
+//!   WebSocket edge.
+//! - [`api`]: the REST routes.
+//! - [`store`]: every database query and write.
+//! - [`sim`]: simulated devices for tests, `gatehouse simulate` and benchmarks.
+//!
+//! Data flows one way: socket → session actor → store; REST → registry → session actor → socket → reply.
+
+pub mod api;
+pub mod config;
+pub mod devices;
+pub mod error;
+pub mod registry;
+pub mod sim;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,103 @@
+//! The `gatehouse` binary: parses the command line, loads `.env`, starts tracing, calls into the library.
+
+use clap::{Parser, Subcommand};
+use gatehouse::config::{Settings, DEFAULT_DATABASE_URL};
+use gatehouse::startup::Application;
+use gatehouse::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Device gateway for TM20 terminals"
+)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "GATEHOUSE_LOG_FORMAT", value_parser = ["pretty", "json"], default_value = "pretty")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: migrate the database, then serve terminals and the REST API.
+    Serve(Settings),
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
+    /// Run simulated devices against a node.
+    #[command(subcommand)]
+    Simulate(Simulate),
+}
+
+#[derive(Subcommand)]
+enum Simulate {
+    /// Virtual TM20 terminals that register, answer commands and keep their own users and logs.
+    Tm20 {
+        #[arg(long, default_value = "ws://127.0.0.1:7788/pub/chat")]
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Serial numbers are this prefix plus a six-digit index.
+        #[arg(long, default_value = "SIM")]
+        sn_prefix: String,
+        /// Users enrolled on each terminal at start.
+        #[arg(long, default_value_t = 10)]
+        users: u32,
+        /// Stored, not yet uploaded logs on each terminal at start.
+        #[arg(long, default_value_t = 0)]
+        logs: u32,
+    },
+}
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    // A missing .env is normal; a broken one is worth saying before anything else runs.
+    if let Err(err) = dotenvy::dotenv() {
+        if !err.not_found() {
+            eprintln!("warning: could not read .env: {err}");
+        }
+    }
+    let cli = Cli::parse();
+    gatehouse::telemetry::init(cli.log_format == "json");
+    let result = match cli.command {
+        Command::Serve(settings) => serve(settings).await,
+        Command::Migrate { database_url } => migrate(&database_url).await,
+        Command::Simulate(Simulate::Tm20 {
+            url,
+            count,
+            sn_prefix,
+            users,
+            logs,
+        }) => gatehouse::sim::tm20::run_fleet(&url, count, &sn_prefix, users, logs)
+            .await
+            .map_err(|err| err.to_string()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    let app = Application::build(settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    app.run_until_stopped().await.map_err(|e| e.to_string())
+}
+
+async fn migrate(database_url: &str) -> Result<(), String> {
+    let store = Store::connect(database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    tracing::info!("migrations applied");
+    Ok(())
+}

@@ -1,0 +1,664 @@
+//! Persistence: every sea-orm query and write of the server. The only module that imports `entity`.
+//!
+//! Device data is committed here *before* the device is acknowledged; write paths are idempotent so that a
+//! batch the device re-sends (because an ack was lost) does not create duplicates.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use entity::{attendance_log, biometric_credential, biometric_user, command, terminal};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::devices::tm20::protocol::LogRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// Handle to the database; cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// Rows per INSERT statement: keeps far below SQLite's bound-parameter limit (11 columns per log row).
+const INSERT_CHUNK: usize = 500;
+
+impl Store {
+    /// Connects to `url` (SQLite file or PostgreSQL).
+    ///
+    /// # Errors
+    /// When the database cannot be reached or opened.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(16)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        let db = Database::connect(options).await?;
+        if db.get_database_backend() == DbBackend::Sqlite {
+            // WAL lets the REST readers run while a terminal's batch commits; it is a property of the file.
+            db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        }
+        Ok(Store { db })
+    }
+
+    /// Applies pending migrations.
+    ///
+    /// # Errors
+    /// When a migration fails.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Cheap round trip for `/readyz`.
+    ///
+    /// # Errors
+    /// When the database does not answer.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    // ---- terminals -------------------------------------------------------------------------------------
+
+    /// # Errors
+    /// On a database failure.
+    pub async fn terminal_by_sn(&self, sn: &str) -> Result<Option<terminal::Model>, StoreError> {
+        Ok(terminal::Entity::find()
+            .filter(terminal::Column::Sn.eq(sn))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// # Errors
+    /// On a database failure.
+    pub async fn list_terminals(&self) -> Result<Vec<terminal::Model>, StoreError> {
+        Ok(terminal::Entity::find()
+            .order_by_asc(terminal::Column::Sn)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Records a successful `reg`: creates the terminal if unknown, refreshes model, firmware and devinfo.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn record_registration(
+        &self,
+        sn: &str,
+        model: Option<String>,
+        firmware: Option<String>,
+        devinfo: Option<Value>,
+    ) -> Result<terminal::Model, StoreError> {
+        let now = Utc::now();
+        match self.terminal_by_sn(sn).await? {
+            Some(existing) => {
+                let mut active: terminal::ActiveModel = existing.clone().into();
+                if model.is_some() {
+                    active.model = Set(model);
+                }
+                if firmware.is_some() {
+                    active.firmware = Set(firmware);
+                }
+                if devinfo.is_some() {
+                    active.devinfo = Set(devinfo);
+                }
+                active.last_seen = Set(Some(now));
+                active.updated_at = Set(now);
+                Ok(active.update(&self.db).await?)
+            }
+            None => {
+                let row = terminal::ActiveModel {
+                    sn: Set(sn.to_owned()),
+                    name: Set(None),
+                    model: Set(model),
+                    firmware: Set(firmware),
+                    devinfo: Set(devinfo),
+                    is_active: Set(true),
+                    is_whitelisted: Set(false),
+                    last_seen: Set(Some(now)),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                    ..Default::default()
+                };
+                Ok(row.insert(&self.db).await?)
+            }
+        }
+    }
+
+    /// # Errors
+    /// On a database failure.
+    pub async fn touch_terminal(
+        &self,
+        terminal_id: i32,
+        seen: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        terminal::Entity::update_many()
+            .col_expr(terminal::Column::LastSeen, Expr::value(seen))
+            .filter(terminal::Column::Id.eq(terminal_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Merges the answer of a `getdevinfo` into the stored devinfo (which `reg` filled with model, capacity and
+    /// firmware fields that `getdevinfo` does not repeat).
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn set_devinfo_by_id(
+        &self,
+        terminal_id: i32,
+        reply: Value,
+    ) -> Result<(), StoreError> {
+        let Some(row) = terminal::Entity::find_by_id(terminal_id)
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(());
+        };
+        let mut devinfo = match row.devinfo.clone() {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        if let Value::Object(fields) = reply {
+            for (key, value) in fields {
+                if !matches!(key.as_str(), "ret" | "result" | "sn") {
+                    devinfo.insert(key, value);
+                }
+            }
+        }
+        let mut active: terminal::ActiveModel = row.into();
+        active.devinfo = Set(Some(Value::Object(devinfo)));
+        active.updated_at = Set(Utc::now());
+        active.update(&self.db).await?;
+        Ok(())
+    }
+
+    /// Applies an admin's change to a known terminal; `None` when the serial number is unknown.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn patch_terminal(
+        &self,
+        sn: &str,
+        patch: TerminalPatch,
+    ) -> Result<Option<terminal::Model>, StoreError> {
+        let Some(existing) = self.terminal_by_sn(sn).await? else {
+            return Ok(None);
+        };
+        let mut active: terminal::ActiveModel = existing.into();
+        if let Some(is_active) = patch.is_active {
+            active.is_active = Set(is_active);
+        }
+        if let Some(is_whitelisted) = patch.is_whitelisted {
+            active.is_whitelisted = Set(is_whitelisted);
+        }
+        if let Some(name) = patch.name {
+            active.name = Set(name);
+        }
+        active.updated_at = Set(Utc::now());
+        Ok(Some(active.update(&self.db).await?))
+    }
+
+    /// Creates or replaces an admin entry; returns the row and whether it was created.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn put_terminal(
+        &self,
+        sn: &str,
+        entry: TerminalEntry,
+    ) -> Result<(terminal::Model, bool), StoreError> {
+        let now = Utc::now();
+        match self.terminal_by_sn(sn).await? {
+            Some(existing) => {
+                let mut active: terminal::ActiveModel = existing.into();
+                active.name = Set(entry.name);
+                active.is_active = Set(entry.is_active);
+                active.is_whitelisted = Set(entry.is_whitelisted);
+                active.updated_at = Set(now);
+                Ok((active.update(&self.db).await?, false))
+            }
+            None => {
+                let row = terminal::ActiveModel {
+                    sn: Set(sn.to_owned()),
+                    name: Set(entry.name),
+                    model: Set(None),
+                    firmware: Set(None),
+                    devinfo: Set(None),
+                    is_active: Set(entry.is_active),
+                    is_whitelisted: Set(entry.is_whitelisted),
+                    last_seen: Set(None),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                    ..Default::default()
+                };
+                Ok((row.insert(&self.db).await?, true))
+            }
+        }
+    }
+
+    // ---- attendance logs --------------------------------------------------------------------------------
+
+    /// Inserts a batch of punches in one transaction, skipping the ones already stored (same natural key).
+    /// Returns how many rows were new.
+    ///
+    /// # Errors
+    /// On a database failure; then nothing of the batch is committed.
+    pub async fn insert_logs(
+        &self,
+        terminal_id: i32,
+        records: &[LogRecord],
+    ) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let received_at = Utc::now();
+        let txn = self.db.begin().await?;
+        let mut inserted = 0;
+        for chunk in records.chunks(INSERT_CHUNK) {
+            let rows = chunk.iter().map(|r| attendance_log::ActiveModel {
+                terminal_id: Set(terminal_id),
+                enrollid: Set(r.enrollid),
+                time: Set(r.time),
+                mode: Set(r.mode),
+                inout: Set(r.inout),
+                event: Set(r.event),
+                temp: Set(r.temp),
+                verifymode: Set(r.verifymode),
+                raw: Set(r.raw.clone()),
+                received_at: Set(received_at),
+                ..Default::default()
+            });
+            let result = attendance_log::Entity::insert_many(rows)
+                .on_conflict_do_nothing_on([
+                    attendance_log::Column::TerminalId,
+                    attendance_log::Column::Enrollid,
+                    attendance_log::Column::Time,
+                    attendance_log::Column::Mode,
+                    attendance_log::Column::Inout,
+                    attendance_log::Column::Event,
+                ])
+                .exec_without_returning(&txn)
+                .await?;
+            if let sea_orm::TryInsertResult::Inserted(n) = result {
+                inserted += n;
+            }
+        }
+        txn.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Newest first (by device time, then id), keyset-paginated.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn logs_page(
+        &self,
+        terminal_id: i32,
+        limit: u64,
+        before: Option<LogCursor>,
+        since: Option<NaiveDateTime>,
+    ) -> Result<(Vec<attendance_log::Model>, Option<LogCursor>), StoreError> {
+        use attendance_log::Column as C;
+        let mut query = attendance_log::Entity::find().filter(C::TerminalId.eq(terminal_id));
+        if let Some(cursor) = before {
+            query = query.filter(
+                sea_orm::Condition::any().add(C::Time.lt(cursor.time)).add(
+                    sea_orm::Condition::all()
+                        .add(C::Time.eq(cursor.time))
+                        .add(C::Id.lt(cursor.id)),
+                ),
+            );
+        }
+        if let Some(since) = since {
+            query = query.filter(C::Time.gte(since));
+        }
+        let mut rows = query
+            .order_by_desc(C::Time)
+            .order_by_desc(C::Id)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
+        let next = if rows.len() as u64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|last| LogCursor {
+                time: last.time,
+                id: last.id,
+            })
+        } else {
+            None
+        };
+        Ok((rows, next))
+    }
+
+    /// # Errors
+    /// On a database failure.
+    pub async fn count_logs(&self, terminal_id: i32) -> Result<u64, StoreError> {
+        use sea_orm::PaginatorTrait;
+        Ok(attendance_log::Entity::find()
+            .filter(attendance_log::Column::TerminalId.eq(terminal_id))
+            .count(&self.db)
+            .await?)
+    }
+
+    // ---- users and credentials --------------------------------------------------------------------------
+
+    /// Upserts a user and one credential slot in one transaction. `record: None` leaves a stored record as it
+    /// is (a `getuserlist` page names the slot but not its data).
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn upsert_user_credential(
+        &self,
+        terminal_id: i32,
+        user: UserUpsert,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        upsert_user_credential_in(&txn, terminal_id, &user).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Upserts many (for merged `getuserlist` pages) in one transaction.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn upsert_users(
+        &self,
+        terminal_id: i32,
+        users: &[UserUpsert],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        for user in users {
+            upsert_user_credential_in(&txn, terminal_id, user).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Users of a terminal with their credential slots, ordered by enrollid.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn users_with_credentials(
+        &self,
+        terminal_id: i32,
+    ) -> Result<Vec<(biometric_user::Model, Vec<biometric_credential::Model>)>, StoreError> {
+        let users = biometric_user::Entity::find()
+            .filter(biometric_user::Column::TerminalId.eq(terminal_id))
+            .order_by_asc(biometric_user::Column::Enrollid)
+            .all(&self.db)
+            .await?;
+        let ids: Vec<i32> = users.iter().map(|u| u.id).collect();
+        let mut credentials = Vec::new();
+        // Bounded IN lists keep the statement valid on SQLite for terminals with thousands of users.
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            credentials.extend(
+                biometric_credential::Entity::find()
+                    .filter(biometric_credential::Column::UserId.is_in(chunk.to_vec()))
+                    .order_by_asc(biometric_credential::Column::Backupnum)
+                    .all(&self.db)
+                    .await?,
+            );
+        }
+        Ok(users
+            .into_iter()
+            .map(|user| {
+                let own = credentials
+                    .iter()
+                    .filter(|c| c.user_id == user.id)
+                    .cloned()
+                    .collect();
+                (user, own)
+            })
+            .collect())
+    }
+
+    // ---- commands ---------------------------------------------------------------------------------------
+
+    /// # Errors
+    /// On a database failure.
+    pub async fn insert_command(&self, row: NewCommand) -> Result<command::Model, StoreError> {
+        let model = command::ActiveModel {
+            id: Set(row.id),
+            device_kind: Set(row.device_kind.to_owned()),
+            device: Set(row.device),
+            command: Set(row.command),
+            params: Set(row.params),
+            state: Set(CommandState::Queued.as_str().to_owned()),
+            reply: Set(None),
+            error: Set(None),
+            requested_at: Set(Utc::now()),
+            sent_at: Set(None),
+            finished_at: Set(None),
+        };
+        Ok(model.insert(&self.db).await?)
+    }
+
+    /// # Errors
+    /// On a database failure.
+    pub async fn mark_command_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        command::Entity::update_many()
+            .col_expr(
+                command::Column::State,
+                Expr::value(CommandState::Sent.as_str()),
+            )
+            .col_expr(command::Column::SentAt, Expr::value(at))
+            .filter(command::Column::Id.eq(id))
+            .filter(command::Column::State.eq(CommandState::Queued.as_str()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// On a database failure.
+    pub async fn finish_command(
+        &self,
+        id: Uuid,
+        state: CommandState,
+        reply: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value(state.as_str()))
+            .col_expr(command::Column::Reply, Expr::value(reply))
+            .col_expr(command::Column::Error, Expr::value(error))
+            .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+            .filter(command::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// On a database failure.
+    pub async fn command(&self, id: Uuid) -> Result<Option<command::Model>, StoreError> {
+        Ok(command::Entity::find_by_id(id).one(&self.db).await?)
+    }
+}
+
+async fn upsert_user_credential_in<C: ConnectionTrait>(
+    db: &C,
+    terminal_id: i32,
+    user: &UserUpsert,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let existing = biometric_user::Entity::find()
+        .filter(biometric_user::Column::TerminalId.eq(terminal_id))
+        .filter(biometric_user::Column::Enrollid.eq(user.enrollid))
+        .one(db)
+        .await?;
+    let user_row = match existing {
+        Some(row) => {
+            let mut active: biometric_user::ActiveModel = row.into();
+            if let Some(name) = &user.name {
+                active.name = Set(Some(name.clone()));
+            }
+            if let Some(admin) = user.admin {
+                active.admin = Set(admin);
+            }
+            active.updated_at = Set(now);
+            active.update(db).await?
+        }
+        None => {
+            biometric_user::ActiveModel {
+                terminal_id: Set(terminal_id),
+                enrollid: Set(user.enrollid),
+                name: Set(user.name.clone()),
+                admin: Set(user.admin.unwrap_or(0)),
+                is_enabled: Set(true),
+                updated_at: Set(now),
+                ..Default::default()
+            }
+            .insert(db)
+            .await?
+        }
+    };
+    let Some(backupnum) = user.backupnum else {
+        return Ok(());
+    };
+    let slot = biometric_credential::ActiveModel {
+        user_id: Set(user_row.id),
+        backupnum: Set(backupnum),
+        record: Set(user.record.clone()),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    let mut on_conflict = OnConflict::columns([
+        biometric_credential::Column::UserId,
+        biometric_credential::Column::Backupnum,
+    ]);
+    if user.record.is_some() {
+        on_conflict.update_columns([
+            biometric_credential::Column::Record,
+            biometric_credential::Column::UpdatedAt,
+        ]);
+    } else {
+        on_conflict.update_column(biometric_credential::Column::UpdatedAt);
+    }
+    biometric_credential::Entity::insert(slot)
+        .on_conflict(on_conflict)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Position in the newest-first log listing: the last row of the previous page.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogCursor {
+    pub time: NaiveDateTime,
+    pub id: i64,
+}
+
+impl LogCursor {
+    /// Opaque to clients, but readable in logs: `2023-01-10T16:04:21_42`.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.time.format("%Y-%m-%dT%H:%M:%S"), self.id)
+    }
+
+    pub fn decode(text: &str) -> Option<LogCursor> {
+        let (time, id) = text.rsplit_once('_')?;
+        Some(LogCursor {
+            time: NaiveDateTime::parse_from_str(time, "%Y-%m-%dT%H:%M:%S").ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TerminalPatch {
+    pub is_active: Option<bool>,
+    pub is_whitelisted: Option<bool>,
+    pub name: Option<Option<String>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TerminalEntry {
+    pub name: Option<String>,
+    pub is_active: bool,
+    pub is_whitelisted: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct UserUpsert {
+    pub enrollid: i64,
+    pub name: Option<String>,
+    pub admin: Option<i32>,
+    pub backupnum: Option<i32>,
+    pub record: Option<String>,
+}
+
+pub struct NewCommand {
+    pub id: Uuid,
+    pub device_kind: &'static str,
+    pub device: String,
+    pub command: String,
+    pub params: Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandState {
+    Queued,
+    Sent,
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+impl CommandState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Queued => "queued",
+            CommandState::Sent => "sent",
+            CommandState::Succeeded => "succeeded",
+            CommandState::Failed => "failed",
+            CommandState::TimedOut => "timed_out",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_cursor_round_trips_and_rejects_garbage() {
+        let cursor = LogCursor {
+            time: NaiveDateTime::parse_from_str("2023-01-10 16:04:21", "%Y-%m-%d %H:%M:%S")
+                .unwrap_or_default(),
+            id: 42,
+        };
+        assert_eq!(cursor.encode(), "2023-01-10T16:04:21_42");
+        assert_eq!(LogCursor::decode(&cursor.encode()), Some(cursor));
+        for bad in [
+            "",
+            "42",
+            "2023-01-10T16:04:21",
+            "x_1",
+            "2023-01-10T16:04:21_x",
+        ] {
+            assert_eq!(LogCursor::decode(bad), None, "{bad}");
+        }
+    }
+}

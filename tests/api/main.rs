@@ -1,0 +1,10 @@
+//! Integration tests: a real node on a random port, real WebSocket terminals (the simulator or raw sockets)
+//! and real HTTP. Set `TEST_DATABASE_URL=postgres://…/db` to run the same tests on PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod commands;
+mod helpers;
+mod logs;
+mod registration;
+mod rest;
