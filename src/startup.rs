@@ -77,6 +77,8 @@ impl Application {
                 .app_data(
                     web::JsonConfig::default()
                         .limit(MAX_JSON_BODY)
+                        // `curl -d '{…}'` sends form content-type; admins should not need -H for JSON.
+                        .content_type_required(false)
                         .error_handler(error::json_error_handler),
                 )
                 .app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
