@@ -56,6 +56,38 @@ pub struct Settings {
     /// Commands that may wait behind the one in flight, per device; more get 429.
     #[arg(long, env = "COMMAND_QUEUE_SIZE", default_value_t = 32)]
     pub command_queue_size: usize,
+
+    /// Redis URL; setting it turns cluster mode on.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several clusters (or test runs) can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "gatehouse")]
+    pub redis_prefix: String,
+
+    /// This node's id in the cluster; a fresh UUID per start when unset.
+    #[arg(long, env = "GATEHOUSE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Human name of this node in `/api/nodes`; the host name when unset.
+    #[arg(long, env = "GATEHOUSE_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Address other people reach this node at, shown in `/api/nodes`; the bound address when unset.
+    #[arg(long, env = "GATEHOUSE_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// Seconds a device's route lives in Redis unless its node refreshes it.
+    #[arg(long, env = "CLUSTER_ROUTE_TTL", default_value = "30", value_parser = parse_seconds)]
+    pub cluster_route_ttl: Duration,
+
+    /// Seconds between node announcements; a node is dead after 3 missed.
+    #[arg(long, env = "CLUSTER_HEARTBEAT_INTERVAL", default_value = "2", value_parser = parse_seconds)]
+    pub cluster_heartbeat_interval: Duration,
+
+    /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
+    #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Settings {
@@ -71,6 +103,14 @@ impl Default for Settings {
             tm20_utc_offset: None,
             command_timeout: Duration::from_secs(10),
             command_queue_size: 32,
+            redis_url: None,
+            redis_prefix: "gatehouse".into(),
+            node_id: None,
+            node_name: None,
+            advertise_addr: None,
+            cluster_route_ttl: Duration::from_secs(30),
+            cluster_heartbeat_interval: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }

@@ -81,6 +81,18 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        let (status, body) = self.parts();
+        let mut response = HttpResponse::build(status);
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(body)
+    }
+}
+
+impl ApiError {
+    /// Status and JSON body, as sent to the client (also carried verbatim across the cluster).
+    pub fn parts(&self) -> (StatusCode, serde_json::Value) {
         let message = match self {
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error answering a REST call");
@@ -92,15 +104,15 @@ impl ResponseError for ApiError {
             ApiError::InvalidParams { field, .. } => Some(field.as_str()),
             _ => None,
         };
-        let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
-        }
-        response.json(ErrorBody {
+        let body = ErrorBody {
             error: self.code(),
             message,
             field,
-        })
+        };
+        (
+            self.status_code(),
+            serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 

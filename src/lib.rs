@@ -7,6 +7,7 @@
 //! - [`startup`]: builds a node (database, registry, listener) and runs it.
 //! - [`error`]: the REST error type and its JSON body.
 //! - [`registry`]: the supervisor actor, serial number → live session.
+//! - [`cluster`]: Redis directory of which node holds which device, command forwarding, node liveness.
 //! - [`devices`]: one module per device family (wire protocol, session actor, commands) and the shared
 //!   WebSocket edge.
 //! - [`api`]: the REST routes.
@@ -16,6 +17,7 @@
 //! Data flows one way: socket → session actor → store; REST → registry → session actor → socket → reply.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod devices;
 pub mod error;

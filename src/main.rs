@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: migrate the database, then serve terminals and the REST API.
-    Serve(Settings),
+    Serve(Box<Settings>),
     /// Apply database migrations and exit.
     Migrate {
         #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
@@ -64,7 +64,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     gatehouse::telemetry::init(cli.log_format == "json");
     let result = match cli.command {
-        Command::Serve(settings) => serve(settings).await,
+        Command::Serve(settings) => serve(*settings).await,
         Command::Migrate { database_url } => migrate(&database_url).await,
         Command::Simulate(Simulate::Tm20 {
             url,
@@ -90,7 +90,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
     let app = Application::build(settings)
         .await
         .map_err(|e| e.to_string())?;
-    app.run_until_stopped().await.map_err(|e| e.to_string())
+    app.run_until_signalled().await.map_err(|e| e.to_string())
 }
 
 async fn migrate(database_url: &str) -> Result<(), String> {

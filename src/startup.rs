@@ -6,11 +6,14 @@ use std::sync::Arc;
 use actix::Actor;
 use actix_web::{dev::Server, middleware::NormalizePath, web, App, HttpServer};
 
+use actix::Addr;
+
 use crate::api::{self, AppState};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Settings;
 use crate::devices::tm20::session::SessionDeps;
 use crate::error;
-use crate::registry::Registry;
+use crate::registry::{Registry, Shutdown};
 use crate::store::{Store, StoreError};
 
 /// Largest REST body: command params carry at most a photo (~200 KB base64) plus JSON.
@@ -25,6 +28,8 @@ pub enum StartupError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("invalid cluster configuration: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// A built node, listening but not yet serving until [`Application::run_until_stopped`] is awaited.
@@ -32,6 +37,30 @@ pub struct Application {
     port: u16,
     api_token: String,
     server: Server,
+    stopper: Stopper,
+}
+
+/// Stops a node gracefully: stop accepting, leave the cluster, let sessions finish their command in flight
+/// and close with 1001, remove this node's routes, stop the server. Cheap to clone.
+#[derive(Clone)]
+pub struct Stopper {
+    server: actix_web::dev::ServerHandle,
+    registry: Addr<Registry>,
+    cluster: Option<Cluster>,
+    grace: std::time::Duration,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        tracing::info!("graceful shutdown: closing device sockets");
+        self.server.pause().await;
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
+        let _ = self.registry.send(Shutdown { grace: self.grace }).await;
+        self.server.stop(true).await;
+        tracing::info!("graceful shutdown complete");
+    }
 }
 
 impl Application {
@@ -51,14 +80,29 @@ impl Application {
                 token
             }
         };
-        let registry = Registry::default().start();
         let bind_addr = settings.bind.clone();
         let bind_err = |source| StartupError::Bind {
             addr: bind_addr.clone(),
             source,
         };
         let listener = TcpListener::bind(&settings.bind).map_err(bind_err)?;
-        let port = listener.local_addr().map_err(bind_err)?.port();
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        let port = local_addr.port();
+        let cluster = match settings
+            .redis_url
+            .as_deref()
+            .filter(|url| !url.trim().is_empty())
+        {
+            Some(url) => Some(Cluster::new(&settings, url, local_addr)?),
+            None => None,
+        };
+        let node_id = cluster
+            .as_ref()
+            .map(|c| c.node_id().to_owned())
+            .or_else(|| settings.node_id.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let registry = Registry::new(cluster.clone()).start();
+        let grace = settings.shutdown_grace;
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {
             store: store.clone(),
@@ -67,10 +111,17 @@ impl Application {
             api_token: api_token.clone(),
             session_deps: Arc::new(SessionDeps {
                 store,
-                registry,
+                registry: registry.clone(),
                 settings: Arc::clone(&settings),
             }),
+            cluster: cluster.clone(),
+            node_id: node_id.clone(),
+            started_at: chrono::Utc::now(),
         });
+        if let Some(cluster) = &cluster {
+            cluster.start(registry.clone(), api::commands::executor(state.clone()));
+            tracing::info!(node = %node_id, "cluster mode: directory and command forwarding over redis");
+        }
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -89,12 +140,22 @@ impl Application {
         .listen(listener)
         .map_err(bind_err)?
         .shutdown_timeout(5)
+        // Signals are ours (see `run_until_stopped`): a plain stop would cut device sockets without 1001
+        // and leave this node's routes behind.
+        .disable_signals()
         .run();
-        tracing::info!(port, "gatehouse listening");
+        tracing::info!(port, node = %node_id, "gatehouse listening");
+        let stopper = Stopper {
+            server: server.handle(),
+            registry,
+            cluster,
+            grace,
+        };
         Ok(Application {
             port,
             api_token,
             server,
+            stopper,
         })
     }
 
@@ -111,12 +172,48 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped by a signal or the handle.
+    /// Graceful stop, usable from tests and signal handlers.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Serves until stopped through the handle or the stopper.
     ///
     /// # Errors
     /// When the server fails while running.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops gracefully.
+    ///
+    /// # Errors
+    /// When the server fails while running.
+    pub async fn run_until_signalled(self) -> std::io::Result<()> {
+        let stopper = self.stopper.clone();
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            stopper.stop().await;
+        });
+        self.server.await
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -1,15 +1,20 @@
 //! `POST /api/terminals/{sn}/command` and `GET /api/commands/{id}`.
+//!
+//! A command runs where the terminal's socket is: on this node through the local registry, or, in cluster
+//! mode, on the node the directory names, which runs [`execute_forwarded`] and answers with the same JSON.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, HttpResponse};
+use actix_web::{http::StatusCode, web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::terminals::parse_flag;
 use super::AppState;
-use crate::devices::tm20::commands::{self, CommandError};
+use crate::cluster::{Executor, ForwardError, ForwardOutcome, ForwardRequest};
+use crate::devices::tm20::commands::{self, CommandError, Tm20Command, ValidatedCommand};
 use crate::devices::tm20::dispatch::{self, DispatchError, Finished};
 use crate::error::ApiError;
 use crate::registry::{DeviceAddr, Lookup};
@@ -26,6 +31,16 @@ pub struct SendQuery {
 /// Body keys of a command request; anything else is rejected by name.
 const BODY_KEYS: &[&str] = &["command", "params"];
 
+/// Where a command ended up, before it is turned into an HTTP answer.
+enum Ran {
+    Queued(Uuid),
+    Finished {
+        id: Uuid,
+        result: bool,
+        reply: Value,
+    },
+}
+
 /// `POST /api/terminals/{sn}/command[?wait=false]`
 pub async fn send(
     state: web::Data<AppState>,
@@ -34,8 +49,49 @@ pub async fn send(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
+    let sn = sn.into_inner();
     let wait = parse_flag("wait", query.wait.as_deref(), true)?;
-    let body = body.into_inner();
+    let validated = validate_body(&state, body.into_inner())?;
+    let command_name = validated.command.name();
+
+    let ran = match state.registry.send(Lookup(sn.clone())).await {
+        Ok(Some(DeviceAddr::Tm20(_))) => run_local(&state, &sn, validated.command, wait).await,
+        _ => match remote_route(&state, &sn).await? {
+            Some(route) => run_remote(&state, &sn, &route, &validated.command, wait).await,
+            None => Err(offline_or_unknown(&state, &sn).await),
+        },
+    };
+    match ran {
+        Ok(Ran::Queued(id)) => {
+            Ok(HttpResponse::Accepted().json(json!({"id": id, "state": "queued"})))
+        }
+        Ok(Ran::Finished { id, result, reply }) => Ok(HttpResponse::Ok().json(json!({
+            "id": id,
+            "command": command_name,
+            "result": result,
+            "reply": reply,
+            "ignored": validated.ignored,
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+        }))),
+        Err(Answer::Api(err)) => Err(err),
+        // A remote node's error answer, passed through unchanged.
+        Err(Answer::Raw { status, body }) => Ok(HttpResponse::build(status).json(body)),
+    }
+}
+
+/// Either an error of ours or one relayed verbatim from the node that ran the command.
+enum Answer {
+    Api(ApiError),
+    Raw { status: StatusCode, body: Value },
+}
+
+impl From<ApiError> for Answer {
+    fn from(err: ApiError) -> Self {
+        Answer::Api(err)
+    }
+}
+
+fn validate_body(state: &AppState, body: Value) -> Result<ValidatedCommand, ApiError> {
     let Value::Object(fields) = &body else {
         return Err(ApiError::BadRequest(
             "body must be a JSON object like {\"command\":\"opendoor\",\"params\":{}}".into(),
@@ -55,45 +111,72 @@ pub async fn send(
             message: "`command` must be a string naming a terminal command".into(),
         })?;
     let params = fields.get("params").unwrap_or(&Value::Null);
-    let validated = commands::parse_command(name, params, state.settings.device_now()).map_err(
-        |err| match err {
-            CommandError::UnknownCommand(name) => ApiError::UnknownCommand(name),
-            CommandError::InvalidParams { field, message } => ApiError::InvalidParams {
-                message: format!("invalid params: {field}: {message}"),
-                field,
-            },
-        },
-    )?;
+    validate(state, name, params)
+}
 
+fn validate(state: &AppState, name: &str, params: &Value) -> Result<ValidatedCommand, ApiError> {
+    commands::parse_command(name, params, state.settings.device_now()).map_err(|err| match err {
+        CommandError::UnknownCommand(name) => ApiError::UnknownCommand(name),
+        CommandError::InvalidParams { field, message } => ApiError::InvalidParams {
+            message: format!("invalid params: {field}: {message}"),
+            field,
+        },
+    })
+}
+
+/// The directory's route for a device held by *another* node.
+async fn remote_route(
+    state: &AppState,
+    sn: &str,
+) -> Result<Option<crate::cluster::Route>, ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(None);
+    };
+    let route = cluster.route(sn).await.map_err(|err| {
+        ApiError::Unavailable(format!("the cluster directory is unreachable ({err}); only devices on this node can be reached"))
+    })?;
+    Ok(route.filter(|route| route.node != cluster.node_id()))
+}
+
+async fn offline_or_unknown(state: &AppState, sn: &str) -> Answer {
+    match state.store.terminal_by_sn(sn).await {
+        Ok(Some(_)) => ApiError::NotConnected(format!("terminal {sn} is not connected")).into(),
+        Ok(None) => ApiError::NotFound(format!("terminal {sn} is unknown")).into(),
+        Err(err) => ApiError::from(err).into(),
+    }
+}
+
+/// Runs a command on a terminal connected to this node.
+async fn run_local(
+    state: &AppState,
+    sn: &str,
+    command: Tm20Command,
+    wait: bool,
+) -> Result<Ran, Answer> {
+    let not_connected = || ApiError::NotConnected(format!("terminal {sn} is not connected"));
+    let session = match state.registry.send(Lookup(sn.to_owned())).await {
+        Ok(Some(DeviceAddr::Tm20(addr))) => addr,
+        _ => return Err(not_connected().into()),
+    };
     let terminal = state
         .store
-        .terminal_by_sn(&sn)
-        .await?
+        .terminal_by_sn(sn)
+        .await
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::NotFound(format!("terminal {sn} is unknown")))?;
-    let not_connected = || ApiError::NotConnected(format!("terminal {sn} is not connected"));
-    let session = match state.registry.send(Lookup(terminal.sn.clone())).await {
-        Ok(Some(DeviceAddr::Tm20(addr))) => addr,
-        Ok(None) | Err(_) => return Err(not_connected()),
-    };
-    let command_name = validated.command.name();
-    let (id, outcome) = dispatch::dispatch(
-        &state.store,
-        &session,
-        &terminal.sn,
-        terminal.id,
-        validated.command,
-    )
-    .await
-    .map_err(|err| match err {
-        DispatchError::NotConnected(_) => not_connected(),
-        DispatchError::QueueFull(_) => ApiError::QueueFull(format!(
-            "terminal {sn} already has {} commands waiting; retry later",
-            state.settings.command_queue_size
-        )),
-        DispatchError::Store(err) => err.into(),
-    })?;
+    let command_name = command.name();
+    let (id, outcome) = dispatch::dispatch(&state.store, &session, sn, terminal.id, command)
+        .await
+        .map_err(|err| match err {
+            DispatchError::NotConnected(_) => not_connected(),
+            DispatchError::QueueFull(_) => ApiError::QueueFull(format!(
+                "terminal {sn} already has {} commands waiting; retry later",
+                state.settings.command_queue_size
+            )),
+            DispatchError::Store(err) => err.into(),
+        })?;
     if !wait {
-        return Ok(HttpResponse::Accepted().json(json!({"id": id, "state": "queued"})));
+        return Ok(Ran::Queued(id));
     }
     let finished = tokio::time::timeout(MAX_WAIT, outcome)
         .await
@@ -104,22 +187,96 @@ pub async fn send(
         })?
         .map_err(|_| ApiError::Internal(format!("command {id} lost its tracker")))?;
     match finished {
-        Finished::Replied { result, reply } => Ok(HttpResponse::Ok().json(json!({
-            "id": id,
-            "command": command_name,
-            "result": result,
-            "reply": reply,
-            "ignored": validated.ignored,
-            "elapsed_ms": started.elapsed().as_millis() as u64,
-        }))),
+        Finished::Replied { result, reply } => Ok(Ran::Finished { id, result, reply }),
         Finished::TimedOut => Err(ApiError::DeviceTimeout(format!(
             "terminal {sn} did not answer `{command_name}` within {:.1} s (command {id})",
             state.settings.command_timeout.as_secs_f64()
-        ))),
+        ))
+        .into()),
         Finished::Disconnected => Err(ApiError::NotConnected(format!(
             "terminal {sn} disconnected before answering `{command_name}` (command {id})"
-        ))),
+        ))
+        .into()),
     }
+}
+
+/// Sends a command to the node holding the terminal and relays its answer.
+async fn run_remote(
+    state: &AppState,
+    sn: &str,
+    route: &crate::cluster::Route,
+    command: &Tm20Command,
+    wait: bool,
+) -> Result<Ran, Answer> {
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::NotConnected(format!("terminal {sn} is not connected")).into());
+    };
+    let request = ForwardRequest {
+        correlation: Uuid::new_v4(),
+        from: String::new(),
+        sn: sn.to_owned(),
+        command: command.name().to_owned(),
+        params: command.params_json(),
+        wait,
+        deadline_ms: 0,
+    };
+    // Queueing is quick; a waiting call is bounded by the owner's own per-exchange time-outs.
+    let patience = if wait {
+        MAX_WAIT
+    } else {
+        state.settings.command_timeout * 2
+    };
+    match cluster.forward(route, request, patience).await {
+        Ok(ForwardOutcome::Queued { id }) => Ok(Ran::Queued(id)),
+        Ok(ForwardOutcome::Finished { id, result, reply }) => Ok(Ran::Finished { id, result, reply }),
+        Ok(ForwardOutcome::Error { status, body }) => Err(Answer::Raw {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            body,
+        }),
+        Err(ForwardError::NodeDown(node)) => Err(ApiError::Unavailable(format!(
+            "terminal {sn} is held by node {node}, which is not responding; it will reconnect elsewhere"
+        ))
+        .into()),
+        Err(ForwardError::Cluster(err)) => {
+            Err(ApiError::Unavailable(format!("cannot reach node {} holding terminal {sn}: {err}", route.node)).into())
+        }
+        Err(ForwardError::Deadline(node)) => Err(ApiError::DeviceTimeout(format!(
+            "no answer for terminal {sn} from node {node} in time"
+        ))
+        .into()),
+    }
+}
+
+/// Runs a command another node forwarded to us, exactly like a local REST call.
+pub fn executor(state: web::Data<AppState>) -> Executor {
+    Arc::new(move |request: ForwardRequest| {
+        let state = state.clone();
+        Box::pin(async move {
+            let ran = match validate(&state, &request.command, &request.params) {
+                Ok(validated) => {
+                    run_local(&state, &request.sn, validated.command, request.wait).await
+                }
+                Err(err) => Err(err.into()),
+            };
+            match ran {
+                Ok(Ran::Queued(id)) => ForwardOutcome::Queued { id },
+                Ok(Ran::Finished { id, result, reply }) => {
+                    ForwardOutcome::Finished { id, result, reply }
+                }
+                Err(Answer::Api(err)) => {
+                    let (status, body) = err.parts();
+                    ForwardOutcome::Error {
+                        status: status.as_u16(),
+                        body,
+                    }
+                }
+                Err(Answer::Raw { status, body }) => ForwardOutcome::Error {
+                    status: status.as_u16(),
+                    body,
+                },
+            }
+        })
+    })
 }
 
 /// `GET /api/commands/{id}`

@@ -17,8 +17,9 @@ use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::store::Store;
 
-mod commands;
+pub mod commands;
 mod health;
+mod nodes;
 mod terminals;
 pub mod websocket;
 
@@ -29,6 +30,11 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub api_token: String,
     pub session_deps: Arc<SessionDeps>,
+    /// `Some` in cluster mode (`REDIS_URL` set).
+    pub cluster: Option<crate::cluster::Cluster>,
+    /// This node's id (the cluster's, or a fresh one when running alone).
+    pub node_id: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The route table.
@@ -49,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/terminals/{sn}/logs", web::get().to(terminals::logs))
                 .route("/commands/{id}", web::get().to(commands::get))
                 .route("/connected", web::get().to(terminals::connected))
+                .route("/nodes", web::get().to(nodes::list))
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(fallback));

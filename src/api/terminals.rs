@@ -19,6 +19,8 @@ const MAX_LOG_LIMIT: u64 = 1000;
 #[derive(Serialize)]
 struct TerminalItem {
     sn: String,
+    /// Node holding the terminal's socket, when online.
+    node: Option<String>,
     name: Option<String>,
     model: Option<String>,
     firmware: Option<String>,
@@ -29,15 +31,16 @@ struct TerminalItem {
 }
 
 impl TerminalItem {
-    fn new(row: &terminal::Model, online: bool) -> Self {
+    fn new(row: &terminal::Model, node: Option<String>) -> Self {
         TerminalItem {
+            online: node.is_some(),
+            node,
             sn: row.sn.clone(),
             name: row.name.clone(),
             model: row.model.clone(),
             firmware: row.firmware.clone(),
             is_active: row.is_active,
             is_whitelisted: row.is_whitelisted,
-            online,
             last_seen: row.last_seen,
         }
     }
@@ -50,10 +53,18 @@ struct TerminalDetail {
     devinfo: Option<Value>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-    connection: Option<ConnectionInfo>,
+    connection: Option<Connected>,
 }
 
-async fn connected_by_sn(state: &AppState) -> Result<HashMap<String, ConnectionInfo>, ApiError> {
+/// One connected device and the node holding it.
+#[derive(Clone, Serialize)]
+pub struct Connected {
+    #[serde(flatten)]
+    info: ConnectionInfo,
+    node: String,
+}
+
+async fn local_connections(state: &AppState) -> Result<Vec<Connected>, ApiError> {
     let list = state
         .registry
         .send(ListConnected)
@@ -61,8 +72,42 @@ async fn connected_by_sn(state: &AppState) -> Result<HashMap<String, ConnectionI
         .map_err(|err| ApiError::Internal(format!("registry unavailable: {err}")))?;
     Ok(list
         .into_iter()
-        .map(|info| (info.sn.clone(), info))
+        .map(|info| Connected {
+            info,
+            node: state.node_id.clone(),
+        })
         .collect())
+}
+
+/// Every connected device: the whole cluster's (from the directory) in cluster mode, else this node's.
+/// When Redis is unreachable, this node's own sockets are still listed.
+async fn connected_by_sn(state: &AppState) -> Result<HashMap<String, Connected>, ApiError> {
+    let mut all: HashMap<String, Connected> = local_connections(state)
+        .await?
+        .into_iter()
+        .map(|c| (c.info.sn.clone(), c))
+        .collect();
+    if let Some(cluster) = &state.cluster {
+        match cluster.connected().await {
+            Ok(routes) => {
+                for (sn, route) in routes {
+                    all.entry(sn.clone()).or_insert_with(|| Connected {
+                        info: ConnectionInfo {
+                            protocol: crate::devices::protocol_name(&route.protocol),
+                            sn,
+                            remote_addr: route.remote_addr,
+                            connected_at: route.connected_at,
+                        },
+                        node: route.node,
+                    });
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cluster directory unreachable; listing local devices only")
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// `GET /api/terminals`
@@ -71,7 +116,7 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     let online = connected_by_sn(&state).await?;
     let items: Vec<TerminalItem> = rows
         .iter()
-        .map(|row| TerminalItem::new(row, online.contains_key(&row.sn)))
+        .map(|row| TerminalItem::new(row, online.get(&row.sn).map(|c| c.node.clone())))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
@@ -84,9 +129,9 @@ async fn known_terminal(state: &AppState, sn: &str) -> Result<terminal::Model, A
         .ok_or_else(|| ApiError::NotFound(format!("terminal {sn} is unknown")))
 }
 
-fn detail_of(row: terminal::Model, connection: Option<ConnectionInfo>) -> TerminalDetail {
+fn detail_of(row: terminal::Model, connection: Option<Connected>) -> TerminalDetail {
     TerminalDetail {
-        item: TerminalItem::new(&row, connection.is_some()),
+        item: TerminalItem::new(&row, connection.as_ref().map(|c| c.node.clone())),
         devinfo: row.devinfo,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -351,9 +396,26 @@ pub(crate) fn parse_flag(name: &str, value: Option<&str>, default: bool) -> Resu
     }
 }
 
-/// `GET /api/connected`
-pub async fn connected(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut items: Vec<ConnectionInfo> = connected_by_sn(&state).await?.into_values().collect();
-    items.sort_by(|a, b| a.sn.cmp(&b.sn));
+#[derive(Deserialize)]
+pub struct ConnectedQuery {
+    scope: Option<String>,
+}
+
+/// `GET /api/connected[?scope=local|cluster]`
+pub async fn connected(
+    state: web::Data<AppState>,
+    query: web::Query<ConnectedQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let mut items: Vec<Connected> = match query.scope.as_deref() {
+        Some("local") => local_connections(&state).await?,
+        None | Some("cluster") => connected_by_sn(&state).await?.into_values().collect(),
+        Some(_) => {
+            return Err(ApiError::InvalidParams {
+                field: "scope".into(),
+                message: "scope must be local or cluster".into(),
+            })
+        }
+    };
+    items.sort_by(|a, b| a.info.sn.cmp(&b.info.sn));
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }

@@ -6,11 +6,20 @@ use actix::Message;
 pub mod tm20;
 pub mod transport;
 
-/// Tells a session to close its socket with `reason` and stop; it answers nothing afterwards.
+/// Tells a session to close its socket with `code` and `reason` and stop; it answers nothing afterwards.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct CloseSession {
-    pub reason: &'static str,
+    pub code: actix_ws::CloseCode,
+    pub reason: String,
+}
+
+/// Graceful shutdown: finish the command in flight (at most `grace`), then close with 1001 (going away) so
+/// the device reconnects, through the load balancer, to another node.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub grace: std::time::Duration,
 }
 
 /// Source of connection ids: unique per process, so a late `Unregister` can never match a newer socket.
@@ -18,4 +27,12 @@ static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 pub fn next_conn_id() -> crate::registry::ConnId {
     NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The static name of a device protocol as carried in cluster routes.
+pub fn protocol_name(name: &str) -> &'static str {
+    match name {
+        "tm20" => "tm20",
+        _ => "unknown",
+    }
 }

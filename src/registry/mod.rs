@@ -1,22 +1,29 @@
-//! The supervisor: one actor per node that maps a device's serial number to its live session.
+//! The supervisor: one actor per node that maps a device's serial number to its live session, and (in
+//! cluster mode) keeps this node's part of the Redis directory in step with it.
 //!
 //! Invariants:
 //! - at most one session per serial number: a new registration *replaces* the old one, and the old session is
-//!   told to close (it never answers again);
+//!   told to close (it never answers again); across nodes, the connection with the highest epoch wins;
 //! - every unregister carries the connection id it was registered with, so the late unregister of a replaced
-//!   session cannot remove its successor.
+//!   session cannot remove its successor (locally by connection id, in Redis by epoch).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use actix::prelude::*;
+use actix_ws::CloseCode;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::cluster::{Claim, Cluster, ClusterError, ClusterEvent};
 use crate::devices::tm20::session::Tm20Session;
-use crate::devices::CloseSession;
+use crate::devices::{CloseSession, Drain};
 
 /// Unique per node for the life of the process; identifies one socket's registration.
 pub type ConnId = u64;
+
+/// Routes claimed concurrently when refreshing; bounds the Redis round trips in flight.
+const CLAIM_CONCURRENCY: usize = 64;
 
 /// A live session's mailbox, by device family.
 #[derive(Clone, Debug)]
@@ -25,9 +32,15 @@ pub enum DeviceAddr {
 }
 
 impl DeviceAddr {
-    fn close(&self, reason: &'static str) {
+    fn close(&self, code: CloseCode, reason: String) {
         match self {
-            DeviceAddr::Tm20(addr) => addr.do_send(CloseSession { reason }),
+            DeviceAddr::Tm20(addr) => addr.do_send(CloseSession { code, reason }),
+        }
+    }
+
+    fn drain(&self, grace: Duration) {
+        match self {
+            DeviceAddr::Tm20(addr) => addr.do_send(Drain { grace }),
         }
     }
 }
@@ -37,6 +50,12 @@ pub struct Entry {
     pub conn_id: ConnId,
     pub addr: DeviceAddr,
     pub info: ConnectionInfo,
+}
+
+struct Held {
+    entry: Entry,
+    /// This connection's epoch in the cluster directory; `None` until Redis has confirmed the claim.
+    epoch: Option<u64>,
 }
 
 /// What `GET /api/connected` shows for one socket.
@@ -49,10 +68,107 @@ pub struct ConnectionInfo {
 }
 
 /// Owned by `startup::Application`; lives as long as the node.
-#[derive(Default)]
 pub struct Registry {
-    /// serial number → current session. Entries are removed only by a matching `Unregister`.
-    devices: HashMap<String, Entry>,
+    /// serial number → current session. Entries are removed only by a matching `Unregister`, a takeover
+    /// from another node, or shutdown.
+    devices: HashMap<String, Held>,
+    cluster: Option<Cluster>,
+}
+
+impl Registry {
+    pub fn new(cluster: Option<Cluster>) -> Self {
+        Registry {
+            devices: HashMap::new(),
+            cluster,
+        }
+    }
+
+    /// Applies the directory's answer to a claim made for connection `conn_id` of `sn`.
+    fn on_claimed(&mut self, sn: String, conn_id: ConnId, claim: Result<Claim, ClusterError>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let current = self
+            .devices
+            .get_mut(&sn)
+            .filter(|held| held.entry.conn_id == conn_id);
+        match (current, claim) {
+            (Some(held), Ok(Claim::Owned(epoch))) => {
+                let first = held.epoch.is_none();
+                held.epoch = Some(epoch);
+                if first {
+                    let node = cluster.node_id().to_owned();
+                    actix_rt::spawn(async move {
+                        cluster
+                            .publish_event(&ClusterEvent::Registered { sn, node, epoch })
+                            .await;
+                    });
+                }
+            }
+            (Some(_), Ok(Claim::Lost { node, epoch })) => {
+                tracing::info!(sn = %sn, node = %node, epoch, "a newer connection on another node holds this device");
+                if let Some(held) = self.devices.remove(&sn) {
+                    held.entry.addr.close(
+                        CloseCode::Policy,
+                        format!("replaced by a newer connection on node {node}"),
+                    );
+                }
+            }
+            (Some(_), Err(err)) => {
+                tracing::warn!(sn = %sn, %err, "could not publish the device's route; will retry");
+            }
+            // The connection went away while its claim was in flight: undo the claim.
+            (None, Ok(Claim::Owned(epoch))) => {
+                actix_rt::spawn(async move {
+                    let _ = cluster.release(&sn, epoch).await;
+                });
+            }
+            (None, _) => {}
+        }
+    }
+
+    fn claim(&self, ctx: &mut Context<Self>, targets: Vec<(ConnectionInfo, ConnId, u64)>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let work = async move {
+            let mut results = Vec::with_capacity(targets.len());
+            for chunk in targets.chunks(CLAIM_CONCURRENCY) {
+                let claims = chunk
+                    .iter()
+                    .map(|(info, _, epoch)| cluster.claim(info, *epoch));
+                let answers = futures_util::future::join_all(claims).await;
+                for ((info, conn_id, _), answer) in chunk.iter().zip(answers) {
+                    results.push((info.sn.clone(), *conn_id, answer));
+                }
+            }
+            results
+        };
+        ctx.spawn(work.into_actor(self).map(|results, act, _| {
+            for (sn, conn_id, claim) in results {
+                act.on_claimed(sn, conn_id, claim);
+            }
+        }));
+    }
+
+    fn release(&self, sn: String, epoch: Option<u64>) {
+        if let (Some(cluster), Some(epoch)) = (self.cluster.clone(), epoch) {
+            actix_rt::spawn(async move {
+                match cluster.release(&sn, epoch).await {
+                    Ok(_) => {
+                        let node = cluster.node_id().to_owned();
+                        cluster
+                            .publish_event(&ClusterEvent::Gone { sn, node, epoch })
+                            .await;
+                    }
+                    // The route expires on its own (CLUSTER_ROUTE_TTL).
+                    Err(err) => {
+                        tracing::warn!(sn = %sn, %err, "could not remove the device's route")
+                    }
+                }
+            });
+        }
+    }
 }
 
 impl Actor for Registry {
@@ -82,35 +198,74 @@ pub struct Lookup(pub String);
 #[rtype(result = "Vec<ConnectionInfo>")]
 pub struct ListConnected;
 
+/// Another node registered `sn` with `epoch`: an older local connection must close.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteRegistered {
+    pub sn: String,
+    pub node: String,
+    pub epoch: u64,
+}
+
+/// Re-claims every local route (TTL refresh, and re-publication after Redis came back).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefreshRoutes;
+
+/// Graceful shutdown: drain and close every session with 1001, then remove this node's routes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    pub grace: Duration,
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<(String, Option<u64>)>")]
+struct HeldRoutes;
+
 impl Handler<Register> for Registry {
     type Result = bool;
 
-    /// Inserts the entry and closes the session it replaces, if any.
-    fn handle(&mut self, Register(entry): Register, _: &mut Context<Self>) -> bool {
+    /// Inserts the entry, closes the session it replaces, and claims the route in the cluster.
+    fn handle(&mut self, Register(entry): Register, ctx: &mut Context<Self>) -> bool {
         let sn = entry.info.sn.clone();
         let conn_id = entry.conn_id;
-        match self.devices.insert(sn.clone(), entry) {
-            Some(old) if old.conn_id != conn_id => {
-                tracing::info!(sn = %sn, old_conn = old.conn_id, conn_id, "replacing the older connection of this serial number");
-                old.addr.close("replaced by a newer connection");
+        let info = entry.info.clone();
+        let replaced = match self.devices.insert(sn.clone(), Held { entry, epoch: None }) {
+            Some(old) if old.entry.conn_id != conn_id => {
+                tracing::info!(sn = %sn, old_conn = old.entry.conn_id, conn_id, "replacing the older connection of this serial number");
+                old.entry
+                    .addr
+                    .close(CloseCode::Policy, "replaced by a newer connection".into());
                 true
             }
             _ => false,
+        };
+        if let Some(cluster) = &self.cluster {
+            cluster.set_local_devices(self.devices.len());
         }
+        // A new connection always takes a new epoch; the old local one's route is simply overwritten.
+        self.claim(ctx, vec![(info, conn_id, 0)]);
+        replaced
     }
 }
 
 impl Handler<Unregister> for Registry {
     type Result = ();
 
-    /// Removes the entry only when the connection ids match.
+    /// Removes the entry only when the connection ids match, and releases its route.
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
         if self
             .devices
             .get(&msg.sn)
-            .is_some_and(|e| e.conn_id == msg.conn_id)
+            .is_some_and(|held| held.entry.conn_id == msg.conn_id)
         {
-            self.devices.remove(&msg.sn);
+            if let Some(held) = self.devices.remove(&msg.sn) {
+                self.release(msg.sn, held.epoch);
+            }
+            if let Some(cluster) = &self.cluster {
+                cluster.set_local_devices(self.devices.len());
+            }
         }
     }
 }
@@ -120,7 +275,7 @@ impl Handler<Lookup> for Registry {
 
     /// Returns the current session's address.
     fn handle(&mut self, Lookup(sn): Lookup, _: &mut Context<Self>) -> Option<DeviceAddr> {
-        self.devices.get(&sn).map(|e| e.addr.clone())
+        self.devices.get(&sn).map(|held| held.entry.addr.clone())
     }
 }
 
@@ -129,8 +284,94 @@ impl Handler<ListConnected> for Registry {
 
     /// Snapshot of every entry, ordered by serial number.
     fn handle(&mut self, _: ListConnected, _: &mut Context<Self>) -> Vec<ConnectionInfo> {
-        let mut list: Vec<ConnectionInfo> = self.devices.values().map(|e| e.info.clone()).collect();
+        let mut list: Vec<ConnectionInfo> = self
+            .devices
+            .values()
+            .map(|held| held.entry.info.clone())
+            .collect();
         list.sort_by(|a, b| a.sn.cmp(&b.sn));
         list
+    }
+}
+
+impl Handler<RemoteRegistered> for Registry {
+    type Result = ();
+
+    /// Closes the local connection when the remote one is newer.
+    fn handle(&mut self, msg: RemoteRegistered, _: &mut Context<Self>) {
+        let older = self
+            .devices
+            .get(&msg.sn)
+            .is_some_and(|held| held.epoch.is_some_and(|epoch| epoch < msg.epoch));
+        if older {
+            tracing::info!(sn = %msg.sn, node = %msg.node, "device reconnected to another node; closing the local socket");
+            if let Some(held) = self.devices.remove(&msg.sn) {
+                held.entry.addr.close(
+                    CloseCode::Policy,
+                    format!("replaced by a newer connection on node {}", msg.node),
+                );
+            }
+        }
+    }
+}
+
+impl Handler<RefreshRoutes> for Registry {
+    type Result = ();
+
+    /// Re-claims every local route with its known epoch (0 when the first claim never reached Redis).
+    fn handle(&mut self, _: RefreshRoutes, ctx: &mut Context<Self>) {
+        let targets = self
+            .devices
+            .values()
+            .map(|held| {
+                (
+                    held.entry.info.clone(),
+                    held.entry.conn_id,
+                    held.epoch.unwrap_or(0),
+                )
+            })
+            .collect();
+        self.claim(ctx, targets);
+    }
+}
+
+impl Handler<HeldRoutes> for Registry {
+    type Result = Vec<(String, Option<u64>)>;
+
+    fn handle(&mut self, _: HeldRoutes, _: &mut Context<Self>) -> Self::Result {
+        self.devices
+            .iter()
+            .map(|(sn, held)| (sn.clone(), held.epoch))
+            .collect()
+    }
+}
+
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// Asks every session to finish its command in flight and close with 1001, waits for them (at most the
+    /// grace period plus a second), then removes whatever routes are left.
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        for held in self.devices.values() {
+            held.entry.addr.drain(msg.grace);
+        }
+        let me = ctx.address();
+        let cluster = self.cluster.clone();
+        let deadline = tokio::time::Instant::now() + msg.grace + Duration::from_secs(1);
+        let work = async move {
+            let mut remaining = me.send(HeldRoutes).await.unwrap_or_default();
+            while !remaining.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                remaining = me.send(HeldRoutes).await.unwrap_or_default();
+            }
+            if let Some(cluster) = cluster {
+                for (sn, epoch) in remaining {
+                    if let Some(epoch) = epoch {
+                        let _ = cluster.release(&sn, epoch).await;
+                    }
+                }
+            }
+        };
+        Box::pin(work.into_actor(self))
     }
 }

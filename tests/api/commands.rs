@@ -318,36 +318,54 @@ async fn reset_is_reboot_never_initsys_and_expects_no_reply() {
 #[actix_rt::test]
 async fn commands_to_one_terminal_run_one_at_a_time_in_order() {
     let app = spawn_app().await;
-    let terminal = sim(&app, "CMD0007", |c| {
-        c.reply_delay = Duration::from_millis(50)
-    })
-    .await;
-    let mut calls = Vec::new();
+    let mut terminal =
+        crate::helpers::RawTerminal::register(&app.ws_url("/pub/chat"), "CMD0007").await;
+    app.eventually("terminal online", || app.is_online("CMD0007"))
+        .await;
+    // Queued one after the other (each 202 means "in the queue"), so their order is defined.
+    let mut ids = Vec::new();
     for enrollid in 1..=5 {
-        let app_url = app.url("/api/terminals/CMD0007/command");
-        calls.push(actix_rt::spawn(async move {
-            let client = awc::Client::new();
-            crate::helpers::read(
-                client
-                    .post(app_url)
-                    .bearer_auth(crate::helpers::TOKEN)
-                    .send_json(&json!({"command":"setusername","params":{"record":[{"enrollid":enrollid,"name":format!("N{enrollid}")}]}}))
-                    .await,
+        let (status, body) = app
+            .post(
+                "/api/terminals/CMD0007/command?wait=false",
+                json!({"command":"getusername","params":{"enrollid": enrollid}}),
             )
-            .await
-        }));
-        tokio::time::sleep(Duration::from_millis(5)).await;
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
     }
-    for call in calls {
-        let (status, body) = call.await.unwrap();
-        assert_eq!(status, 200, "{body}");
+    for enrollid in 1..=5 {
+        let command = terminal.recv_json().await;
+        assert_eq!(command["cmd"], "getusername");
+        assert_eq!(command["enrollid"], enrollid, "FIFO order");
+        // Nothing else is sent while this one is unanswered.
+        let next = tokio::time::timeout(
+            Duration::from_millis(200),
+            futures_util::StreamExt::next(&mut terminal.ws),
+        )
+        .await;
+        assert!(
+            next.is_err(),
+            "a second command was sent before the first was answered: {next:?}"
+        );
+        terminal
+            .send(
+                &json!({"ret":"getusername","result":true,"record":format!("N{enrollid}")})
+                    .to_string(),
+            )
+            .await;
     }
-    let names: Vec<_> = terminal
-        .state()
-        .commands_received
-        .iter()
-        .filter(|c| c["cmd"] == "setusername")
-        .map(|c| c["record"][0]["enrollid"].as_i64().unwrap())
-        .collect();
-    assert_eq!(names, vec![1, 2, 3, 4, 5]);
+    for (i, id) in ids.iter().enumerate() {
+        app.eventually("command finished", || {
+            let (app, id) = (&app, id.clone());
+            async move { app.get(&format!("/api/commands/{id}")).await.1["state"] == "succeeded" }
+        })
+        .await;
+        let (_, row) = app.get(&format!("/api/commands/{id}")).await;
+        assert_eq!(
+            row["reply"]["record"],
+            format!("N{}", i + 1),
+            "each reply matched to its own command"
+        );
+    }
 }

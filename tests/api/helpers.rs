@@ -20,6 +20,7 @@ pub struct TestApp {
     pub port: u16,
     pub settings: Settings,
     pub handle: ServerHandle,
+    pub stopper: gatehouse::startup::Stopper,
     pub http: awc::Client,
     /// Keeps the SQLite file alive for the test's duration (and across a restart).
     _dir: Option<tempfile::TempDir>,
@@ -39,8 +40,9 @@ fn backend() -> Backend {
 }
 
 /// A node with test defaults (short timings) adjusted by `tweak`.
-pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let (database_url, dir) = match backend() {
+/// A fresh, empty database for one test: its URL and (for SQLite) the directory holding the file.
+pub async fn fresh_database() -> (String, Option<tempfile::TempDir>) {
+    match backend() {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!(
@@ -50,7 +52,21 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
             (url, Some(dir))
         }
         Backend::Postgres(base) => (fresh_postgres_database(&base).await, None),
-    };
+    }
+}
+
+/// A node with test defaults (short timings) adjusted by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let (database_url, dir) = fresh_database().await;
+    spawn_app_on(database_url, dir, tweak).await
+}
+
+/// A node on an existing database (the nodes of a cluster share one).
+pub async fn spawn_app_on(
+    database_url: String,
+    dir: Option<tempfile::TempDir>,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = Settings {
         bind: "127.0.0.1:0".into(),
         database_url,
@@ -74,11 +90,13 @@ async fn start(settings: Settings, dir: Option<tempfile::TempDir>) -> TestApp {
         .expect("node builds");
     let port = app.port();
     let handle = app.handle();
+    let stopper = app.stopper();
     actix_rt::spawn(app.run_until_stopped());
     TestApp {
         port,
         settings,
         handle,
+        stopper,
         http: awc::Client::builder()
             .timeout(Duration::from_secs(60))
             .finish(),
@@ -309,4 +327,119 @@ impl RawTerminal {
             }
         }
     }
+}
+
+/// A `redis-server` of the test's own on a free port (for tests that stop or restart Redis, or when no shared
+/// Redis runs). Killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            port,
+            child: None,
+            _dir: dir,
+        };
+        server.launch().await;
+        server
+    }
+
+    async fn launch(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let url = self.url();
+        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if redis_ping(&url).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub async fn redis_ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let connected = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await;
+    match connected {
+        Ok(Ok(mut conn)) => redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok(),
+        _ => false,
+    }
+}
+
+/// The shared Redis (`TEST_REDIS_URL`, default the local service), or a private one when none answers.
+pub async fn shared_redis() -> (String, Option<RedisServer>) {
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    if redis_ping(&url).await {
+        return (url, None);
+    }
+    let server = RedisServer::start().await;
+    (server.url(), Some(server))
+}
+
+/// A port that was free a moment ago (for node processes, which must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A unique key prefix, so tests sharing one Redis never see each other's keys.
+pub fn unique_prefix() -> String {
+    format!("gh-test-{}", uuid::Uuid::new_v4().simple())
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod cluster;
 mod commands;
 mod helpers;
 mod logs;

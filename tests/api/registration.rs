@@ -211,3 +211,37 @@ async fn whitelist_and_is_active_decide_who_may_register() {
     );
     assert!(raw.expect_closed().await.is_some());
 }
+
+#[actix_rt::test]
+async fn graceful_stop_finishes_the_command_in_flight_then_closes_with_1001() {
+    let app = spawn_app().await;
+    let mut terminal = RawTerminal::register(&app.ws_url("/pub/chat"), "STOP001").await;
+    app.eventually("online", || app.is_online("STOP001")).await;
+    let url = app.url("/api/terminals/STOP001/command");
+    let call = actix_rt::spawn(async move {
+        crate::helpers::read(
+            awc::Client::new()
+                .post(url)
+                .bearer_auth(crate::helpers::TOKEN)
+                .send_json(&json!({"command":"gettime"}))
+                .await,
+        )
+        .await
+    });
+    assert_eq!(terminal.recv_json().await["cmd"], "gettime");
+    let stopper = app.stopper.clone();
+    let stopping = actix_rt::spawn(async move { stopper.stop().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Still open while the command is in flight; the answer completes the REST call.
+    terminal
+        .send(r#"{"ret":"gettime","result":true,"time":"2024-01-01 00:00:00"}"#)
+        .await;
+    let (status, body) = call.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (code, reason) = terminal.expect_closed().await.expect("close frame");
+    assert_eq!(code, 1001, "{reason}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -24,7 +24,7 @@ use super::commands::{Exchange, ReplyStep};
 use super::protocol::{self, Inbound, Reg, SendLog, SendUser};
 use crate::config::Settings;
 use crate::devices::transport::{OutFrame, Outbox, WsEvent, WsFailure};
-use crate::devices::CloseSession;
+use crate::devices::{CloseSession, Drain};
 use crate::registry::{ConnId, ConnectionInfo, DeviceAddr, Entry, Register, Registry, Unregister};
 use crate::store::{Store, UserUpsert};
 
@@ -61,6 +61,10 @@ pub struct Tm20Session {
     bad_frames: u32,
     queue: VecDeque<QueuedCommand>,
     in_flight: Option<InFlight>,
+    /// Set by a graceful shutdown: no new commands, close once idle.
+    draining: bool,
+    /// The close frame is queued; nothing more is sent.
+    closing: bool,
 }
 
 /// A command waiting for its turn or in flight; `events` reports its progress to the dispatcher.
@@ -127,6 +131,8 @@ impl Tm20Session {
             bad_frames: 0,
             queue: VecDeque::new(),
             in_flight: None,
+            draining: false,
+            closing: false,
         }
     }
 
@@ -150,6 +156,9 @@ impl Tm20Session {
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        if std::mem::replace(&mut self.closing, true) {
+            return;
+        }
         tracing::info!(sn = ?self.sn(), conn_id = self.conn_id, reason, "closing terminal socket");
         let _ = self.outbox.send(OutFrame::Close(code, reason.to_owned()));
         ctx.stop();
@@ -421,6 +430,7 @@ impl Tm20Session {
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.in_flight.is_none() {
             let Some(command) = self.queue.pop_front() else {
+                self.close_if_drained(ctx);
                 return;
             };
             let frame = command.exchange.first_frame().to_string();
@@ -435,6 +445,12 @@ impl Tm20Session {
             } else {
                 command.report(CommandEvent::Finished(CommandOutcome::Delivered));
             }
+        }
+    }
+
+    fn close_if_drained(&mut self, ctx: &mut Context<Self>) {
+        if self.draining && self.in_flight.is_none() && self.queue.is_empty() {
+            self.close(ctx, CloseCode::Away, "server shutting down");
         }
     }
 
@@ -553,7 +569,7 @@ impl Handler<SendCommand> for Tm20Session {
         SendCommand(command): SendCommand,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
-        if matches!(self.phase, Phase::AwaitingReg) {
+        if matches!(self.phase, Phase::AwaitingReg) || self.draining {
             return Err(CommandRejected::NotRegistered);
         }
         if self.queue.len() >= self.deps.settings.command_queue_size {
@@ -570,7 +586,20 @@ impl Handler<CloseSession> for Tm20Session {
 
     /// Closes the socket; used when a newer connection replaces this one.
     fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
-        self.close(ctx, CloseCode::Policy, msg.reason);
+        self.close(ctx, msg.code, &msg.reason);
+    }
+}
+
+impl Handler<Drain> for Tm20Session {
+    type Result = ();
+
+    /// Closes with 1001 once no command is queued or in flight, or when the grace period ends.
+    fn handle(&mut self, msg: Drain, ctx: &mut Context<Self>) {
+        self.draining = true;
+        self.close_if_drained(ctx);
+        ctx.run_later(msg.grace, |act, ctx| {
+            act.close(ctx, CloseCode::Away, "server shutting down");
+        });
     }
 }
 

@@ -1,0 +1,757 @@
+//! Cluster mode (on when `REDIS_URL` is set): several nodes share a directory of which node holds which device,
+//! and forward REST commands to the owner over Redis pub/sub.
+//!
+//! Redis layout, every name under `REDIS_PREFIX`:
+//! - `{p}:route:{sn}`: JSON [`Route`] (node, epoch, …) with a TTL the owner refreshes while the socket lives;
+//! - `{p}:epoch:{sn}`: the serial number's connection counter (`INCR`-like, raised by [`scripts::CLAIM`]);
+//! - `{p}:nodedevs:{node}`: the serial numbers a node holds (for listings and dead-node clean-up);
+//! - `{p}:node:{node}`: JSON [`NodeInfo`] with a TTL; `{p}:nodes`: sorted set node → last heartbeat (ms);
+//! - channels `{p}:cmd:{node}` (requests to a node), `{p}:reply:{node}` (answers to a node), `{p}:events`.
+//!
+//! Owned by `startup::Application`; its two tasks (subscriber and heartbeat) live until the node stops.
+
+pub mod messages;
+mod scripts;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use chrono::Utc;
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::registry::{ConnectionInfo, RefreshRoutes, Registry, RemoteRegistered};
+pub use messages::{ClusterEvent, ForwardOutcome, ForwardReply, ForwardRequest, NodeInfo, Route};
+
+/// How long one Redis round trip may take before the call counts as failed (Redis is local to the cluster).
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer in time")]
+    Timeout,
+    #[error("malformed cluster data: {0}")]
+    Data(#[from] serde_json::Error),
+}
+
+/// Why a forwarded command got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("node {0} holding the device is not responding")]
+    NodeDown(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("no answer from node {0} before the deadline")]
+    Deadline(String),
+}
+
+/// Result of claiming a route.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    Owned(u64),
+    /// A newer connection on `node` holds the serial number.
+    Lost {
+        epoch: u64,
+        node: String,
+    },
+}
+
+/// Runs a forwarded command on this node and produces the answer to publish.
+pub type Executor =
+    Arc<dyn Fn(ForwardRequest) -> LocalBoxFuture<'static, ForwardOutcome> + Send + Sync>;
+
+/// Where the answer to one forwarded command goes.
+type ReplySlot = oneshot::Sender<Result<ForwardOutcome, ForwardError>>;
+
+/// Cheap to clone handle.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: String,
+    name: String,
+    address: String,
+    started_at: chrono::DateTime<Utc>,
+    prefix: String,
+    route_ttl: Duration,
+    heartbeat: Duration,
+    client: redis::Client,
+    conn: ConnectionManager,
+    claim: Script,
+    release: Script,
+    release_node: Script,
+    /// Forwarded commands waiting for an answer: correlation → (target node, reply slot).
+    pending: Mutex<HashMap<Uuid, (String, ReplySlot)>>,
+    /// Nodes seen alive at the last heartbeat.
+    live: RwLock<HashSet<String>>,
+    /// Local devices, refreshed by the registry, for the announcement.
+    devices: std::sync::atomic::AtomicUsize,
+    registry: OnceLock<Addr<Registry>>,
+    leaving: AtomicBool,
+}
+
+impl Cluster {
+    /// Prepares the Redis connections (lazily: a node starts even while Redis is down, and connects when it
+    /// comes up).
+    ///
+    /// # Errors
+    /// When `REDIS_URL` is malformed.
+    pub fn new(
+        settings: &Settings,
+        redis_url: &str,
+        bound: std::net::SocketAddr,
+    ) -> Result<Cluster, ClusterError> {
+        let client = redis::Client::open(redis_url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let node_id = settings
+            .node_id
+            .clone()
+            .filter(|id| !id.trim().is_empty())
+            .unwrap_or_else(|| Uuid::new_v4().to_string());
+        let name = settings.node_name.clone().unwrap_or_else(host_name);
+        let address = settings
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| bound.to_string());
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                node_id,
+                name,
+                address,
+                started_at: Utc::now(),
+                prefix: settings.redis_prefix.clone(),
+                route_ttl: settings.cluster_route_ttl,
+                heartbeat: settings.cluster_heartbeat_interval,
+                client,
+                conn,
+                claim: Script::new(scripts::CLAIM),
+                release: Script::new(scripts::RELEASE),
+                release_node: Script::new(scripts::RELEASE_NODE),
+                pending: Mutex::new(HashMap::new()),
+                live: RwLock::new(HashSet::new()),
+                devices: std::sync::atomic::AtomicUsize::new(0),
+                registry: OnceLock::new(),
+                leaving: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    pub fn route_ttl(&self) -> Duration {
+        self.inner.route_ttl
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.inner.prefix.clone();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Starts the subscriber and heartbeat tasks on the current actix arbiter.
+    pub fn start(&self, registry: Addr<Registry>, executor: Executor) {
+        let _ = self.inner.registry.set(registry);
+        actix_rt::spawn(self.clone().subscriber(executor));
+        actix_rt::spawn(self.clone().heartbeat_loop());
+    }
+
+    // ---- directory ------------------------------------------------------------------------------------
+
+    /// Claims (`known_epoch == 0`: a new connection) or refreshes the route of a local device.
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn claim(
+        &self,
+        info: &ConnectionInfo,
+        known_epoch: u64,
+    ) -> Result<Claim, ClusterError> {
+        let route = Route {
+            node: self.inner.node_id.clone(),
+            epoch: known_epoch,
+            protocol: info.protocol.to_owned(),
+            remote_addr: info.remote_addr.clone(),
+            connected_at: info.connected_at,
+        };
+        let mut invocation = self.inner.claim.prepare_invoke();
+        invocation
+            .key(self.key(&["route", &info.sn]))
+            .key(self.key(&["epoch", &info.sn]))
+            .key(self.key(&["nodedevs", &self.inner.node_id]))
+            .arg(serde_json::to_string(&route)?)
+            .arg(self.inner.route_ttl.as_secs().max(1))
+            .arg(&info.sn)
+            .arg(known_epoch);
+        let mut conn = self.conn();
+        let (owned, epoch, node): (i64, u64, String) =
+            timed(invocation.invoke_async(&mut conn)).await?;
+        Ok(if owned == 1 {
+            Claim::Owned(epoch)
+        } else {
+            Claim::Lost { epoch, node }
+        })
+    }
+
+    /// Removes a local device's route if it is still (this node, `epoch`).
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn release(&self, sn: &str, epoch: u64) -> Result<bool, ClusterError> {
+        let mut invocation = self.inner.release.prepare_invoke();
+        invocation
+            .key(self.key(&["route", sn]))
+            .key(self.key(&["nodedevs", &self.inner.node_id]))
+            .arg(&self.inner.node_id)
+            .arg(epoch)
+            .arg(sn);
+        let mut conn = self.conn();
+        let removed: i64 = timed(invocation.invoke_async(&mut conn)).await?;
+        Ok(removed == 1)
+    }
+
+    /// The route of a serial number, if any node holds it.
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn route(&self, sn: &str) -> Result<Option<Route>, ClusterError> {
+        let mut conn = self.conn();
+        let value: Option<String> = timed(
+            redis::cmd("GET")
+                .arg(self.key(&["route", sn]))
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Routes of many serial numbers at once.
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn routes(&self, sns: &[String]) -> Result<HashMap<String, Route>, ClusterError> {
+        let mut found = HashMap::new();
+        let mut conn = self.conn();
+        for chunk in sns.chunks(1000) {
+            let keys: Vec<String> = chunk.iter().map(|sn| self.key(&["route", sn])).collect();
+            let values: Vec<Option<String>> =
+                timed(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
+            for (sn, value) in chunk.iter().zip(values) {
+                if let Some(route) = value.and_then(|v| serde_json::from_str::<Route>(&v).ok()) {
+                    found.insert(sn.clone(), route);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every device held by a live node, with its route.
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn connected(&self) -> Result<Vec<(String, Route)>, ClusterError> {
+        let mut conn = self.conn();
+        let mut all = Vec::new();
+        for node in self.live_nodes().await? {
+            let sns: Vec<String> = timed(
+                redis::cmd("SMEMBERS")
+                    .arg(self.key(&["nodedevs", &node]))
+                    .query_async(&mut conn),
+            )
+            .await?;
+            let routes = self.routes(&sns).await?;
+            all.extend(routes.into_iter().filter(|(_, route)| route.node == node));
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    /// Publishes a cluster event; failures are logged (events are advisory: the directory is the truth).
+    pub async fn publish_event(&self, event: &ClusterEvent) {
+        let channel = self.key(&["events"]);
+        let result = async {
+            let payload = serde_json::to_string(event)?;
+            let mut conn = self.conn();
+            let _: i64 = timed(
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(payload)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            Ok::<_, ClusterError>(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(%err, ?event, "could not publish a cluster event");
+        }
+    }
+
+    // ---- nodes ----------------------------------------------------------------------------------------
+
+    async fn live_nodes(&self) -> Result<Vec<String>, ClusterError> {
+        let cutoff = Utc::now().timestamp_millis() - self.dead_after().as_millis() as i64;
+        let mut conn = self.conn();
+        let nodes: Vec<String> = timed(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.key(&["nodes"]))
+                .arg(cutoff)
+                .arg("+inf")
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(nodes)
+    }
+
+    /// Live nodes with their announcements.
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let ids = self.live_nodes().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key(&["node", id])).collect();
+        let mut conn = self.conn();
+        let values: Vec<Option<String>> =
+            timed(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
+        let mut nodes: Vec<NodeInfo> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+
+    fn dead_after(&self) -> Duration {
+        self.inner.heartbeat * 3
+    }
+
+    /// Whether `node` was alive at the last heartbeat.
+    pub fn is_live(&self, node: &str) -> bool {
+        self.inner
+            .live
+            .read()
+            .map(|live| live.contains(node))
+            .unwrap_or(true)
+    }
+
+    pub fn set_local_devices(&self, count: usize) {
+        self.inner.devices.store(count, Ordering::Relaxed);
+    }
+
+    async fn announce(&self) -> Result<(), ClusterError> {
+        let now = Utc::now();
+        let info = NodeInfo {
+            node: self.inner.node_id.clone(),
+            name: self.inner.name.clone(),
+            address: self.inner.address.clone(),
+            started_at: self.inner.started_at,
+            devices: self.inner.devices.load(Ordering::Relaxed),
+            last_seen: now,
+        };
+        let ttl_ms = self.dead_after().as_millis() as u64 + 1000;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.key(&["node", &self.inner.node_id]))
+            .arg(serde_json::to_string(&info)?)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.key(&["nodes"]))
+            .arg(now.timestamp_millis())
+            .arg(&self.inner.node_id)
+            .ignore();
+        let mut conn = self.conn();
+        let () = timed(pipe.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Finds nodes that stopped announcing; the first node to notice drops their routes.
+    async fn reap_dead_nodes(&self) -> Result<(), ClusterError> {
+        let cutoff = Utc::now().timestamp_millis() - self.dead_after().as_millis() as i64;
+        let mut conn = self.conn();
+        let dead: Vec<String> = timed(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.key(&["nodes"]))
+                .arg("-inf")
+                .arg(format!("({cutoff}"))
+                .query_async(&mut conn),
+        )
+        .await?;
+        for node in dead.into_iter().filter(|n| *n != self.inner.node_id) {
+            let removed: i64 = timed(
+                redis::cmd("ZREM")
+                    .arg(self.key(&["nodes"]))
+                    .arg(&node)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            if removed == 1 {
+                let mut invocation = self.inner.release_node.prepare_invoke();
+                invocation
+                    .key(self.key(&["nodedevs", &node]))
+                    .arg(&self.inner.prefix)
+                    .arg(&node);
+                let routes: i64 = timed(invocation.invoke_async(&mut conn)).await?;
+                tracing::warn!(node = %node, routes, "node stopped announcing itself; its routes were dropped");
+                self.publish_event(&ClusterEvent::NodeDead { node: node.clone() })
+                    .await;
+            }
+            self.fail_pending_for(&node);
+        }
+        Ok(())
+    }
+
+    async fn refresh_live(&self) -> Result<(), ClusterError> {
+        let live: HashSet<String> = self.live_nodes().await?.into_iter().collect();
+        let pending_nodes: Vec<String> = self
+            .inner
+            .pending
+            .lock()
+            .map(|p| p.values().map(|(node, _)| node.clone()).collect())
+            .unwrap_or_default();
+        for node in pending_nodes {
+            if !live.contains(&node) {
+                self.fail_pending_for(&node);
+            }
+        }
+        if let Ok(mut slot) = self.inner.live.write() {
+            *slot = live;
+        }
+        Ok(())
+    }
+
+    fn fail_pending_for(&self, node: &str) {
+        let failed: Vec<_> = match self.inner.pending.lock() {
+            Ok(mut pending) => {
+                let ids: Vec<Uuid> = pending
+                    .iter()
+                    .filter(|(_, (n, _))| n == node)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| pending.remove(&id))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for (_, slot) in failed {
+            let _ = slot.send(Err(ForwardError::NodeDown(node.to_owned())));
+        }
+    }
+
+    async fn heartbeat_loop(self) {
+        let mut ticker = tokio::time::interval(self.inner.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let refresh_every = (self.inner.route_ttl / 3).max(self.inner.heartbeat);
+        let mut last_refresh = Instant::now();
+        let mut healthy = true;
+        loop {
+            ticker.tick().await;
+            if self.inner.leaving.load(Ordering::Relaxed) {
+                return;
+            }
+            let result = async {
+                self.announce().await?;
+                self.refresh_live().await?;
+                self.reap_dead_nodes().await
+            }
+            .await;
+            match result {
+                Ok(()) if !healthy => {
+                    tracing::info!("redis reachable again");
+                    healthy = true;
+                }
+                Ok(()) => {}
+                Err(err) if healthy => {
+                    tracing::warn!(%err, "cluster heartbeat failed; local devices keep working");
+                    healthy = false;
+                }
+                Err(_) => {}
+            }
+            if last_refresh.elapsed() >= refresh_every {
+                last_refresh = Instant::now();
+                if let Some(registry) = self.inner.registry.get() {
+                    registry.do_send(RefreshRoutes);
+                }
+            }
+        }
+    }
+
+    // ---- forwarding -----------------------------------------------------------------------------------
+
+    /// Publishes a command on the owner's channel and waits for its answer (or the owner's death).
+    ///
+    /// # Errors
+    /// [`ForwardError::NodeDown`] when the owner is not listening or dies while we wait, `Cluster` when Redis
+    /// fails, `Deadline` when no answer came in time.
+    pub async fn forward(
+        &self,
+        route: &Route,
+        mut request: ForwardRequest,
+        wait: Duration,
+    ) -> Result<ForwardOutcome, ForwardError> {
+        if !self.is_live(&route.node) {
+            return Err(ForwardError::NodeDown(route.node.clone()));
+        }
+        request.from = self.inner.node_id.clone();
+        request.deadline_ms = Utc::now().timestamp_millis() + wait.as_millis() as i64;
+        let correlation = request.correlation;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            pending.insert(correlation, (route.node.clone(), tx));
+        }
+        let published = async {
+            let payload = serde_json::to_string(&request)?;
+            let mut conn = self.conn();
+            let receivers: i64 = timed(
+                redis::cmd("PUBLISH")
+                    .arg(self.key(&["cmd", &route.node]))
+                    .arg(payload)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            Ok::<_, ClusterError>(receivers)
+        }
+        .await;
+        let forget = || {
+            if let Ok(mut pending) = self.inner.pending.lock() {
+                pending.remove(&correlation);
+            }
+        };
+        match published {
+            // Nobody subscribed to the owner's channel: the node is gone (PUBLISH counts receivers).
+            Ok(0) => {
+                forget();
+                return Err(ForwardError::NodeDown(route.node.clone()));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                forget();
+                return Err(err.into());
+            }
+        }
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(ForwardError::NodeDown(route.node.clone())),
+            Err(_) => {
+                forget();
+                Err(ForwardError::Deadline(route.node.clone()))
+            }
+        }
+    }
+
+    async fn reply(&self, to: &str, reply: &ForwardReply) {
+        let result = async {
+            let payload = serde_json::to_string(reply)?;
+            let mut conn = self.conn();
+            let _: i64 = timed(
+                redis::cmd("PUBLISH")
+                    .arg(self.key(&["reply", to]))
+                    .arg(payload)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            Ok::<_, ClusterError>(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(%err, to, "could not publish a forwarded command's answer");
+        }
+    }
+
+    /// Subscribes to this node's channels and the event channel; re-subscribes after any Redis outage and
+    /// then asks the registry to re-publish every local route (Redis may have lost them).
+    async fn subscriber(self, executor: Executor) {
+        let channels = [
+            self.key(&["cmd", &self.inner.node_id]),
+            self.key(&["reply", &self.inner.node_id]),
+            self.key(&["events"]),
+        ];
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.inner.leaving.load(Ordering::Relaxed) {
+                return;
+            }
+            let subscribed = async {
+                let mut pubsub = timed(self.inner.client.get_async_pubsub()).await?;
+                for channel in &channels {
+                    timed(pubsub.subscribe(channel)).await?;
+                }
+                Ok::<_, ClusterError>(pubsub)
+            }
+            .await;
+            let pubsub = match subscribed {
+                Ok(pubsub) => pubsub,
+                Err(err) => {
+                    tracing::debug!(%err, "redis subscription failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            tracing::info!(node = %self.inner.node_id, "subscribed to cluster channels");
+            if let Some(registry) = self.inner.registry.get() {
+                registry.do_send(RefreshRoutes);
+            }
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let channel = message.get_channel_name().to_owned();
+                let Ok(payload) = message.get_payload::<String>() else {
+                    continue;
+                };
+                if channel == channels[0] {
+                    self.on_request(&payload, &executor);
+                } else if channel == channels[1] {
+                    self.on_reply(&payload);
+                } else {
+                    self.on_event(&payload);
+                }
+            }
+            tracing::warn!("lost the redis subscription; reconnecting");
+        }
+    }
+
+    fn on_request(&self, payload: &str, executor: &Executor) {
+        let request: ForwardRequest = match serde_json::from_str(payload) {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::warn!(%err, "malformed forwarded command dropped");
+                return;
+            }
+        };
+        if request.deadline_ms < Utc::now().timestamp_millis() {
+            tracing::info!(sn = %request.sn, "forwarded command arrived after its deadline; dropped");
+            return;
+        }
+        let cluster = self.clone();
+        let run = executor(request.clone());
+        actix_rt::spawn(async move {
+            let outcome = run.await;
+            cluster
+                .reply(
+                    &request.from,
+                    &ForwardReply {
+                        correlation: request.correlation,
+                        outcome,
+                    },
+                )
+                .await;
+        });
+    }
+
+    fn on_reply(&self, payload: &str) {
+        let reply: ForwardReply = match serde_json::from_str(payload) {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::warn!(%err, "malformed forwarded answer dropped");
+                return;
+            }
+        };
+        let slot = self
+            .inner
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut pending| pending.remove(&reply.correlation));
+        match slot {
+            Some((_, tx)) => {
+                let _ = tx.send(Ok(reply.outcome));
+            }
+            None => {
+                tracing::debug!(correlation = %reply.correlation, "answer for a request nobody waits for")
+            }
+        }
+    }
+
+    fn on_event(&self, payload: &str) {
+        let Ok(event) = serde_json::from_str::<ClusterEvent>(payload) else {
+            tracing::warn!("malformed cluster event dropped");
+            return;
+        };
+        match event {
+            ClusterEvent::Registered { sn, node, epoch } if node != self.inner.node_id => {
+                if let Some(registry) = self.inner.registry.get() {
+                    registry.do_send(RemoteRegistered { sn, node, epoch });
+                }
+            }
+            ClusterEvent::NodeDead { node } | ClusterEvent::NodeLeaving { node } => {
+                if let Ok(mut live) = self.inner.live.write() {
+                    live.remove(&node);
+                }
+                self.fail_pending_for(&node);
+            }
+            _ => {}
+        }
+    }
+
+    /// Graceful leave: stop announcing, tell the others, drop the node entry. Routes are released by the
+    /// registry as it closes the sockets.
+    pub async fn leave(&self) {
+        self.inner.leaving.store(true, Ordering::Relaxed);
+        self.publish_event(&ClusterEvent::NodeLeaving {
+            node: self.inner.node_id.clone(),
+        })
+        .await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(self.key(&["nodes"]))
+            .arg(&self.inner.node_id)
+            .ignore()
+            .cmd("DEL")
+            .arg(self.key(&["node", &self.inner.node_id]))
+            .ignore();
+        let mut conn = self.conn();
+        if let Err(err) = timed::<()>(pipe.query_async(&mut conn)).await {
+            tracing::warn!(%err, "could not remove this node from the cluster listing");
+        }
+    }
+}
+
+async fn timed<T>(
+    future: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(REDIS_TIMEOUT, future).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ClusterError::Timeout),
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "gatehouse".into())
+}
