@@ -96,6 +96,9 @@ struct Inner {
     pending: Mutex<HashMap<Uuid, (String, ReplySlot)>>,
     /// Nodes seen alive at the last heartbeat.
     live: RwLock<HashSet<String>>,
+    /// Nodes known to be gone (stopped announcing, or left); cleared when one announces again. Requests to
+    /// them fail at once. A node merely not seen *yet* is not in here: it may have just started.
+    dead: RwLock<HashSet<String>>,
     /// Local devices, refreshed by the registry, for the announcement.
     devices: std::sync::atomic::AtomicUsize,
     registry: OnceLock<Addr<Registry>>,
@@ -146,6 +149,7 @@ impl Cluster {
                 release_node: Script::new(scripts::RELEASE_NODE),
                 pending: Mutex::new(HashMap::new()),
                 live: RwLock::new(HashSet::new()),
+                dead: RwLock::new(HashSet::new()),
                 devices: std::sync::atomic::AtomicUsize::new(0),
                 registry: OnceLock::new(),
                 leaving: AtomicBool::new(false),
@@ -354,13 +358,23 @@ impl Cluster {
         self.inner.heartbeat * 3
     }
 
-    /// Whether `node` was alive at the last heartbeat.
-    pub fn is_live(&self, node: &str) -> bool {
+    /// Whether `node` is known to be gone.
+    pub fn is_dead(&self, node: &str) -> bool {
         self.inner
-            .live
+            .dead
             .read()
-            .map(|live| live.contains(node))
-            .unwrap_or(true)
+            .map(|dead| dead.contains(node))
+            .unwrap_or(false)
+    }
+
+    fn mark_dead(&self, node: &str) {
+        if let Ok(mut dead) = self.inner.dead.write() {
+            dead.insert(node.to_owned());
+        }
+        if let Ok(mut live) = self.inner.live.write() {
+            live.remove(node);
+        }
+        self.fail_pending_for(node);
     }
 
     pub fn set_local_devices(&self, count: usize) {
@@ -433,19 +447,19 @@ impl Cluster {
 
     async fn refresh_live(&self) -> Result<(), ClusterError> {
         let live: HashSet<String> = self.live_nodes().await?.into_iter().collect();
-        let pending_nodes: Vec<String> = self
-            .inner
-            .pending
-            .lock()
-            .map(|p| p.values().map(|(node, _)| node.clone()).collect())
-            .unwrap_or_default();
-        for node in pending_nodes {
-            if !live.contains(&node) {
-                self.fail_pending_for(&node);
-            }
+        let vanished: Vec<String> = match self.inner.live.read() {
+            Ok(previous) => previous.difference(&live).cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Ok(mut dead) = self.inner.dead.write() {
+            dead.retain(|node| !live.contains(node));
+            dead.extend(vanished.iter().cloned());
         }
         if let Ok(mut slot) = self.inner.live.write() {
             *slot = live;
+        }
+        for node in vanished {
+            self.fail_pending_for(&node);
         }
         Ok(())
     }
@@ -520,7 +534,7 @@ impl Cluster {
         mut request: ForwardRequest,
         wait: Duration,
     ) -> Result<ForwardOutcome, ForwardError> {
-        if !self.is_live(&route.node) {
+        if self.is_dead(&route.node) {
             return Err(ForwardError::NodeDown(route.node.clone()));
         }
         request.from = self.inner.node_id.clone();
@@ -705,11 +719,10 @@ impl Cluster {
                     registry.do_send(RemoteRegistered { sn, node, epoch });
                 }
             }
-            ClusterEvent::NodeDead { node } | ClusterEvent::NodeLeaving { node } => {
-                if let Ok(mut live) = self.inner.live.write() {
-                    live.remove(&node);
-                }
-                self.fail_pending_for(&node);
+            ClusterEvent::NodeDead { node } | ClusterEvent::NodeLeaving { node }
+                if node != self.inner.node_id =>
+            {
+                self.mark_dead(&node);
             }
             _ => {}
         }

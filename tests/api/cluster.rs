@@ -403,3 +403,91 @@ async fn sigterm_closes_device_sockets_with_1001_and_removes_routes() {
     );
     let _: Value = json!(null);
 }
+
+#[actix_rt::test]
+async fn the_local_cluster_script_runs_three_nodes_behind_one_address() {
+    let run_dir = tempfile::tempdir().unwrap();
+    // Node ports are base, base+1, base+2: free a moment ago, like every port the tests pick.
+    let base = free_port();
+    let (lb, redis) = (free_port(), free_port());
+    let script = |verb: &str| {
+        std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/local-cluster.sh"
+            ))
+            .arg(verb)
+            .env("GATEHOUSE_BIN", env!("CARGO_BIN_EXE_gatehouse"))
+            .env("RUN_DIR", run_dir.path())
+            .env("BASE_PORT", base.to_string())
+            .env("LB_PORT", lb.to_string())
+            .env("REDIS_PORT", redis.to_string())
+            .env("GATEHOUSE_API_TOKEN", TOKEN)
+            .output()
+            .expect("script runs")
+    };
+    let up = script("up");
+    let stdout = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(
+        up.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    struct Down<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _down = Down(|| {
+        let _ = script("down");
+    });
+    // Devices enter through the balancer when nginx is installed, else through node 1; admins use node 3.
+    let entry = if stdout.contains("load balancer") {
+        lb
+    } else {
+        base
+    };
+    let sim = SimTerminal::connect(SimConfig::new(
+        format!("ws://127.0.0.1:{entry}/pub/chat"),
+        "SCRIPT1",
+    ))
+    .await
+    .unwrap();
+    let admin = format!(
+        "http://127.0.0.1:{}/api/terminals/SCRIPT1/command",
+        base + 2
+    );
+    let client = awc::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = crate::helpers::read(
+            client
+                .post(&admin)
+                .bearer_auth(TOKEN)
+                .send_json(&json!({"command": "opendoor"}))
+                .await,
+        )
+        .await;
+        if status == 200 {
+            assert_eq!(body["result"], true);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no route to SCRIPT1 via node 3: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.state().door_opened, 1);
+    let nodes: Value = crate::helpers::read(
+        client
+            .get(format!("http://127.0.0.1:{base}/api/nodes"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await,
+    )
+    .await
+    .1;
+    assert_eq!(nodes["items"].as_array().unwrap().len(), 3, "{nodes}");
+}
