@@ -102,6 +102,9 @@ pub struct SimConfig {
     pub answer_commands: bool,
     pub model: String,
     pub firmware: String,
+    /// Source address of the socket (`127.0.0.2`, …): one source address has ~28k ephemeral ports, so
+    /// load tests spread large fleets over several. `None`: the OS picks.
+    pub local_addr: Option<std::net::IpAddr>,
 }
 
 impl SimConfig {
@@ -116,6 +119,7 @@ impl SimConfig {
             answer_commands: true,
             model: "AiFace".to_owned(),
             firmware: "ai806_f06v_v5.06".to_owned(),
+            local_addr: None,
         }
     }
 }
@@ -1330,15 +1334,53 @@ impl SimTerminal {
     }
 }
 
+/// TCP connect (from `cfg.local_addr` when set) and WebSocket handshake.
+async fn open_socket(cfg: &SimConfig, config: WebSocketConfig) -> Result<Ws, String> {
+    let Some(local) = cfg.local_addr else {
+        return tokio_tungstenite::connect_async_with_config(cfg.url.as_str(), Some(config), true)
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| e.to_string());
+    };
+    let authority = cfg
+        .url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+        .ok_or_else(|| format!("not a ws:// URL: {}", cfg.url))?;
+    let server = tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| e.to_string())?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| format!("no address for {authority}"))?;
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    socket
+        .bind(std::net::SocketAddr::new(local, 0))
+        .map_err(|e| e.to_string())?;
+    let stream = socket.connect(server).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    tokio_tungstenite::client_async_with_config(
+        cfg.url.as_str(),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await
+    .map(|(ws, _)| ws)
+    .map_err(|e| e.to_string())
+}
+
 /// Opens the socket, sends `reg` and waits for the reg reply. Frames that arrive before the reply
 /// are returned so the session can handle them in order.
 async fn register(shared: &Shared) -> Result<(Ws, Vec<Value>), SimError> {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0);
-    let connecting =
-        tokio_tungstenite::connect_async_with_config(shared.cfg.url.as_str(), Some(config), true);
-    let (mut ws, _) = tokio::time::timeout(REPLY_TIMEOUT, connecting)
+    let connecting = open_socket(&shared.cfg, config);
+    let mut ws = tokio::time::timeout(REPLY_TIMEOUT, connecting)
         .await
         .map_err(|_| SimError::Timeout)?
         .map_err(|e| SimError::Connect(format!("{}: {e}", shared.cfg.url)))?;
