@@ -85,6 +85,38 @@ pub struct Settings {
     #[arg(long, env = "CLUSTER_HEARTBEAT_INTERVAL", default_value = "2", value_parser = parse_seconds)]
     pub cluster_heartbeat_interval: Duration,
 
+    /// 1: unknown charge points are created at their first connection; 0: they get 404 at the handshake.
+    #[arg(long, env = "OCPP_AUTO_REGISTER", default_value = "1", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ocpp_auto_register: bool,
+
+    /// Seconds between WebSocket pings to a charge point; closed after two intervals without any frame.
+    #[arg(long, env = "OCPP_PING_INTERVAL", default_value = "60", value_parser = parse_seconds)]
+    pub ocpp_ping_interval: Duration,
+
+    /// Heartbeat interval (seconds) a charge point is told in the BootNotification answer.
+    #[arg(long, env = "OCPP_HEARTBEAT_INTERVAL", default_value = "300", value_parser = parse_seconds)]
+    pub ocpp_heartbeat_interval: Duration,
+
+    /// Seconds an outgoing CALL waits for the charge point's answer.
+    #[arg(long, env = "OCPP_CALL_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub ocpp_call_timeout: Duration,
+
+    /// 1: reject the field quirks real chargers show (meterValue as an object, misspelled units, …).
+    #[arg(long, env = "OCPP_STRICT", default_value = "0", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ocpp_strict: bool,
+
+    /// 1: id tags missing from the id-tag table are Accepted; 0: Invalid.
+    #[arg(long, env = "OCPP_ACCEPT_UNKNOWN_TAGS", default_value = "0", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ocpp_accept_unknown_tags: bool,
+
+    /// Days the OCPP message log is kept.
+    #[arg(long, env = "OCPP_MESSAGE_RETENTION_DAYS", default_value_t = 30)]
+    pub ocpp_message_retention_days: u32,
+
+    /// Largest WebSocket message a charge point may send, in bytes.
+    #[arg(long, env = "OCPP_MAX_FRAME_BYTES", default_value_t = 1_048_576)]
+    pub ocpp_max_frame_bytes: usize,
+
     /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
@@ -111,6 +143,14 @@ impl Default for Settings {
             cluster_route_ttl: Duration::from_secs(30),
             cluster_heartbeat_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            ocpp_auto_register: true,
+            ocpp_ping_interval: Duration::from_secs(60),
+            ocpp_heartbeat_interval: Duration::from_secs(300),
+            ocpp_call_timeout: Duration::from_secs(30),
+            ocpp_strict: false,
+            ocpp_accept_unknown_tags: false,
+            ocpp_message_retention_days: 30,
+            ocpp_max_frame_bytes: 1_048_576,
         }
     }
 }

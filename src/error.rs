@@ -21,6 +21,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotConnected(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     QueueFull(String),
     #[error("{0}")]
     DeviceTimeout(String),
@@ -28,6 +30,11 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("{0}")]
+    Forbidden(String),
+    /// 401 asking for HTTP Basic credentials (charge point handshakes).
+    #[error("{0}")]
+    BasicAuthRequired(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -52,10 +59,13 @@ impl ApiError {
             ApiError::UnknownCommand(_) => "unknown_command",
             ApiError::NotFound(_) => "not_found",
             ApiError::NotConnected(_) => "not_connected",
+            ApiError::Conflict(_) => "conflict",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::DeviceTimeout(_) => "device_timeout",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::BasicAuthRequired(_) => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -70,11 +80,13 @@ impl ResponseError for ApiError {
             | ApiError::InvalidParams { .. }
             | ApiError::UnknownCommand(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::NotConnected(_) => StatusCode::CONFLICT,
+            ApiError::NotConnected(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::DeviceTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BasicAuthRequired(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -83,8 +95,14 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (status, body) = self.parts();
         let mut response = HttpResponse::build(status);
-        if matches!(self, ApiError::Unauthorized) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            ApiError::BasicAuthRequired(_) => {
+                response.insert_header(("WWW-Authenticate", "Basic realm=\"gatehouse\""));
+            }
+            _ => {}
         }
         response.json(body)
     }

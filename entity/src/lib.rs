@@ -3,5 +3,12 @@
 pub mod attendance_log;
 pub mod biometric_credential;
 pub mod biometric_user;
+pub mod charger;
 pub mod command;
+pub mod connector;
+pub mod connector_status_history;
+pub mod id_tag;
+pub mod meter_value;
+pub mod ocpp_message;
 pub mod terminal;
+pub mod transaction;

@@ -6,12 +6,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_tm20_tables;
+mod m20261122_000002_create_ocpp_tables;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_create_tm20_tables::Migration)]
+        vec![
+            Box::new(m20261122_000001_create_tm20_tables::Migration),
+            Box::new(m20261122_000002_create_ocpp_tables::Migration),
+        ]
     }
 }

@@ -17,8 +17,10 @@ use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::store::Store;
 
+mod chargers;
 pub mod commands;
 mod health;
+mod id_tags;
 mod nodes;
 mod terminals;
 pub mod websocket;
@@ -43,6 +45,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/pub/chat", web::get().to(websocket::tm20))
         .route("/ws/tm20", web::get().to(websocket::tm20))
+        .route("/ocpp/{id}", web::get().to(websocket::ocpp))
+        .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
         .service(
             web::scope("/api")
                 .wrap(from_fn(require_token))
@@ -56,6 +60,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/commands/{id}", web::get().to(commands::get))
                 .route("/connected", web::get().to(terminals::connected))
                 .route("/nodes", web::get().to(nodes::list))
+                .route("/chargers", web::get().to(chargers::list))
+                .route("/chargers/{id}", web::get().to(chargers::detail))
+                .route("/chargers/{id}", web::patch().to(chargers::patch))
+                .route("/chargers/{id}", web::put().to(chargers::put))
+                .route("/chargers/{id}/action", web::post().to(chargers::action))
+                .route("/chargers/{id}/messages", web::get().to(chargers::messages))
+                .route(
+                    "/chargers/{id}/transactions",
+                    web::get().to(chargers::transactions_of),
+                )
+                .route("/transactions", web::get().to(chargers::transactions))
+                .route("/transactions/{id}", web::get().to(chargers::transaction))
+                .route("/id-tags", web::get().to(id_tags::list))
+                .route("/id-tags", web::post().to(id_tags::create))
+                .route("/id-tags/lookup", web::post().to(id_tags::lookup))
+                .route("/id-tags/{tag}", web::get().to(id_tags::get))
+                .route("/id-tags/{tag}", web::patch().to(id_tags::patch))
+                .route("/id-tags/{tag}", web::delete().to(id_tags::delete))
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(fallback));

@@ -60,8 +60,14 @@ struct TerminalDetail {
 #[derive(Clone, Serialize)]
 pub struct Connected {
     #[serde(flatten)]
-    info: ConnectionInfo,
-    node: String,
+    pub info: ConnectionInfo,
+    pub node: String,
+}
+
+impl Connected {
+    pub fn is_ocpp(&self) -> bool {
+        self.info.protocol == crate::devices::ocpp::PROTOCOL
+    }
 }
 
 async fn local_connections(state: &AppState) -> Result<Vec<Connected>, ApiError> {
@@ -81,7 +87,9 @@ async fn local_connections(state: &AppState) -> Result<Vec<Connected>, ApiError>
 
 /// Every connected device: the whole cluster's (from the directory) in cluster mode, else this node's.
 /// When Redis is unreachable, this node's own sockets are still listed.
-async fn connected_by_sn(state: &AppState) -> Result<HashMap<String, Connected>, ApiError> {
+pub(crate) async fn connected_by_sn(
+    state: &AppState,
+) -> Result<HashMap<String, Connected>, ApiError> {
     let mut all: HashMap<String, Connected> = local_connections(state)
         .await?
         .into_iter()
@@ -116,7 +124,13 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     let online = connected_by_sn(&state).await?;
     let items: Vec<TerminalItem> = rows
         .iter()
-        .map(|row| TerminalItem::new(row, online.get(&row.sn).map(|c| c.node.clone())))
+        .map(|row| {
+            let node = online
+                .get(&row.sn)
+                .filter(|c| !c.is_ocpp())
+                .map(|c| c.node.clone());
+            TerminalItem::new(row, node)
+        })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }

@@ -6,8 +6,11 @@ use actix::{Actor, AsyncContext};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::AppState;
+use crate::devices::ocpp::handshake::{self, Refusal};
+use crate::devices::ocpp::session::OcppSession;
 use crate::devices::tm20::session::Tm20Session;
 use crate::devices::transport;
+use crate::error::ApiError;
 
 /// A TM20 terminal connects (`/pub/chat`, `/ws/tm20/`, or any unclaimed path).
 pub async fn tm20(
@@ -23,6 +26,75 @@ pub async fn tm20(
         .unwrap_or_else(|| "unknown".into());
     let session = Tm20Session::new(Arc::clone(&state.session_deps), outbox, remote);
     Tm20Session::create(move |ctx| {
+        ctx.add_stream(events);
+        session
+    });
+    Ok(response)
+}
+
+/// A charge point connects at `/ocpp/{id}` (or `/ws/ocpp/{id}`). Refusals are HTTP answers at the handshake:
+/// 400 bad id or no `ocpp1.6` subprotocol, 404 unknown (when `OCPP_AUTO_REGISTER=0`), 403 blocked, 401 bad
+/// credentials.
+pub async fn ocpp(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let id = id.into_inner();
+    let refuse = |refusal: Refusal| -> actix_web::Error {
+        tracing::info!(cp = %id, %refusal, "charge point handshake refused");
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::BadId | Refusal::NoSubprotocol => ApiError::BadRequest(message).into(),
+            Refusal::Unknown => ApiError::NotFound(message).into(),
+            Refusal::Blocked => ApiError::Forbidden(message).into(),
+            Refusal::BadCredentials => ApiError::BasicAuthRequired(message).into(),
+        }
+    };
+    if !handshake::valid_id(&id) {
+        return Err(refuse(Refusal::BadId));
+    }
+    if !handshake::offers_subprotocol(req.headers()) {
+        return Err(refuse(Refusal::NoSubprotocol));
+    }
+    let charger = match state.store.charger(&id).await.map_err(ApiError::from)? {
+        Some(row) => row,
+        None if state.settings.ocpp_auto_register => state
+            .store
+            .ensure_charger(&id)
+            .await
+            .map_err(ApiError::from)?,
+        None => return Err(refuse(Refusal::Unknown)),
+    };
+    if charger.blocked {
+        return Err(refuse(Refusal::Blocked));
+    }
+    handshake::check_credentials(
+        &id,
+        charger.security_profile,
+        charger.password_hash.as_deref(),
+        req.headers(),
+    )
+    .map_err(refuse)?;
+    let (response, events, outbox) = transport::accept_with_protocol(
+        &req,
+        body,
+        state.settings.ocpp_max_frame_bytes,
+        handshake::SUBPROTOCOL,
+    )?;
+    let remote = req
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let session = OcppSession::new(
+        Arc::clone(&state.session_deps),
+        outbox,
+        remote,
+        id,
+        charger.id,
+    );
+    OcppSession::create(move |ctx| {
         ctx.add_stream(events);
         session
     });

@@ -3,6 +3,7 @@
 
 use actix::Message;
 
+pub mod ocpp;
 pub mod tm20;
 pub mod transport;
 
@@ -33,6 +34,27 @@ pub fn next_conn_id() -> crate::registry::ConnId {
 pub fn protocol_name(name: &str) -> &'static str {
     match name {
         "tm20" => "tm20",
+        "ocpp1.6" => "ocpp1.6",
         _ => "unknown",
     }
+}
+
+/// Progress of one command, reported by the session that runs it.
+#[derive(Debug)]
+pub enum CommandEvent {
+    Sent(chrono::DateTime<chrono::Utc>),
+    Finished(CommandOutcome),
+}
+
+#[derive(Debug, Clone)]
+pub enum CommandOutcome {
+    /// The device answered (TM20: for paged reads every page merged into one object; OCPP: the CALLRESULT).
+    Replied(serde_json::Value),
+    /// The device answered with an error of its protocol (OCPP CALLERROR: `{"code","description","details"}`).
+    DeviceError(serde_json::Value),
+    /// Sent; the protocol defines no answer (TM20 `reboot`).
+    Delivered,
+    TimedOut,
+    /// The socket closed before the answer.
+    Disconnected,
 }

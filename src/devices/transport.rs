@@ -87,15 +87,35 @@ pub fn accept(
     req: &HttpRequest,
     body: web::Payload,
     max_frame_bytes: usize,
-) -> Result<
-    (
-        HttpResponse,
-        impl Stream<Item = WsEvent> + Unpin + 'static,
-        Outbox,
-    ),
-    actix_web::Error,
-> {
-    let (response, session, stream) = actix_ws::handle(req, body)?;
+) -> Result<Accepted, actix_web::Error> {
+    Ok(start(actix_ws::handle(req, body)?, max_frame_bytes))
+}
+
+/// Like [`accept`], echoing `protocol` as the negotiated subprotocol (the caller checked it was offered).
+///
+/// # Errors
+/// When the request is not a valid WebSocket upgrade.
+pub fn accept_with_protocol(
+    req: &HttpRequest,
+    body: web::Payload,
+    max_frame_bytes: usize,
+    protocol: &'static str,
+) -> Result<Accepted, actix_web::Error> {
+    Ok(start(
+        actix_ws::handle_with_protocols(req, body, &[protocol])?,
+        max_frame_bytes,
+    ))
+}
+
+/// The handshake answer, the frame stream, and the outbox of one accepted socket.
+pub type Accepted = (HttpResponse, WsEvents, Outbox);
+
+/// The frames of one socket, as [`WsEvent`]s.
+pub type WsEvents = std::pin::Pin<Box<dyn Stream<Item = WsEvent> + 'static>>;
+
+type Handshake = (HttpResponse, actix_ws::Session, actix_ws::MessageStream);
+
+fn start((response, session, stream): Handshake, max_frame_bytes: usize) -> Accepted {
     let events = stream
         .max_frame_size(max_frame_bytes)
         .aggregate_continuations()
@@ -139,5 +159,5 @@ pub fn accept(
         // The session actor is gone without an explicit close: close politely.
         let _ = session.close(Some(CloseCode::Normal.into())).await;
     });
-    Ok((response, Box::pin(events), Outbox { tx }))
+    (response, Box::pin(events), Outbox { tx })
 }

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cluster::{Claim, Cluster, ClusterError, ClusterEvent};
+use crate::devices::ocpp::session::OcppSession;
 use crate::devices::tm20::session::Tm20Session;
 use crate::devices::{CloseSession, Drain};
 
@@ -29,18 +30,21 @@ const CLAIM_CONCURRENCY: usize = 64;
 #[derive(Clone, Debug)]
 pub enum DeviceAddr {
     Tm20(Addr<Tm20Session>),
+    Ocpp(Addr<OcppSession>),
 }
 
 impl DeviceAddr {
     fn close(&self, code: CloseCode, reason: String) {
         match self {
             DeviceAddr::Tm20(addr) => addr.do_send(CloseSession { code, reason }),
+            DeviceAddr::Ocpp(addr) => addr.do_send(CloseSession { code, reason }),
         }
     }
 
     fn drain(&self, grace: Duration) {
         match self {
             DeviceAddr::Tm20(addr) => addr.do_send(Drain { grace }),
+            DeviceAddr::Ocpp(addr) => addr.do_send(Drain { grace }),
         }
     }
 }

@@ -7,5 +7,6 @@ mod cluster;
 mod commands;
 mod helpers;
 mod logs;
+// mod ocpp;
 mod registration;
 mod rest;

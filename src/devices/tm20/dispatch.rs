@@ -123,6 +123,11 @@ async fn track(
             result: true,
             reply: Value::Null,
         },
+        // TM20 has no error frame of its own; a session never reports one.
+        CommandOutcome::DeviceError(reply) => Finished::Replied {
+            result: false,
+            reply,
+        },
         CommandOutcome::TimedOut => Finished::TimedOut,
         CommandOutcome::Disconnected => Finished::Disconnected,
     };

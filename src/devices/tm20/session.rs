@@ -79,23 +79,7 @@ struct InFlight {
     timer: SpawnHandle,
 }
 
-/// Progress of one command, reported by the session that runs it.
-#[derive(Debug)]
-pub enum CommandEvent {
-    Sent(DateTime<Utc>),
-    Finished(CommandOutcome),
-}
-
-#[derive(Debug, Clone)]
-pub enum CommandOutcome {
-    /// The terminal answered; for paged reads every page merged into one object.
-    Replied(Value),
-    /// Sent; the protocol defines no answer (`reboot`).
-    Delivered,
-    TimedOut,
-    /// The socket closed before the answer.
-    Disconnected,
-}
+pub use crate::devices::{CommandEvent, CommandOutcome};
 
 impl QueuedCommand {
     fn report(&self, event: CommandEvent) {

@@ -19,6 +19,8 @@ use uuid::Uuid;
 
 use crate::devices::tm20::protocol::LogRecord;
 
+pub mod ocpp;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]

@@ -1,0 +1,176 @@
+//! `/api/id-tags`: the RFID / id-tag table that answers Authorize and the idTagInfo of transactions.
+
+use actix_web::{web, HttpResponse};
+use entity::id_tag;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::chargers::parse_time;
+use super::AppState;
+use crate::error::ApiError;
+use crate::store::ocpp::IdTagFields;
+
+const STATUSES: &[&str] = &["Accepted", "Blocked", "Expired", "Invalid"];
+/// OCPP `IdToken` is a CiString20.
+const MAX_TAG_LEN: usize = 20;
+
+fn tag_json(t: &id_tag::Model) -> Value {
+    json!({
+        "tag": t.tag,
+        "status": t.status,
+        "expires_at": t.expires_at,
+        "parent": t.parent,
+        "owner": t.owner,
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagBody {
+    tag: Option<String>,
+    status: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    parent: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    owner: Option<Option<String>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+fn validate_tag(field: &str, tag: &str) -> Result<(), ApiError> {
+    if tag.is_empty() || tag.len() > MAX_TAG_LEN || !tag.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::InvalidParams {
+            field: field.into(),
+            message: format!("{field} must be 1-{MAX_TAG_LEN} printable ASCII characters"),
+        });
+    }
+    Ok(())
+}
+
+fn fields(body: &TagBody) -> Result<IdTagFields, ApiError> {
+    if let Some(status) = &body.status {
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::InvalidParams {
+                field: "status".into(),
+                message: "status is Accepted, Blocked, Expired or Invalid".into(),
+            });
+        }
+    }
+    if let Some(Some(parent)) = &body.parent {
+        validate_tag("parent", parent)?;
+    }
+    let expires_at = match &body.expires_at {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(text)) => Some(Some(parse_time("expires_at", text)?)),
+    };
+    Ok(IdTagFields {
+        status: body.status.clone(),
+        expires_at,
+        parent: body.parent.clone(),
+        owner: body.owner.clone(),
+    })
+}
+
+/// `GET /api/id-tags`
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let items: Vec<Value> = state
+        .store
+        .list_id_tags()
+        .await?
+        .iter()
+        .map(tag_json)
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// `POST /api/id-tags`: 201, or 409 when the tag exists.
+pub async fn create(
+    state: web::Data<AppState>,
+    body: web::Json<TagBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let tag = body.tag.clone().ok_or_else(|| ApiError::InvalidParams {
+        field: "tag".into(),
+        message: "`tag` is required".into(),
+    })?;
+    validate_tag("tag", &tag)?;
+    let fields = fields(&body)?;
+    match state.store.create_id_tag(&tag, fields).await? {
+        Some(row) => Ok(HttpResponse::Created().json(tag_json(&row))),
+        None => Err(ApiError::Conflict(format!(
+            "id tag {tag} exists already; PATCH it"
+        ))),
+    }
+}
+
+/// `GET /api/id-tags/{tag}`
+pub async fn get(
+    state: web::Data<AppState>,
+    tag: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = state
+        .store
+        .id_tag(&tag)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("id tag {tag} is unknown")))?;
+    Ok(HttpResponse::Ok().json(tag_json(&row)))
+}
+
+/// `PATCH /api/id-tags/{tag}`
+pub async fn patch(
+    state: web::Data<AppState>,
+    tag: web::Path<String>,
+    body: web::Json<TagBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    if body.tag.as_deref().is_some_and(|t| t != tag.as_str()) {
+        return Err(ApiError::InvalidParams {
+            field: "tag".into(),
+            message: "a tag cannot be renamed; create the new one".into(),
+        });
+    }
+    let row = state
+        .store
+        .patch_id_tag(&tag, fields(&body)?)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("id tag {tag} is unknown")))?;
+    Ok(HttpResponse::Ok().json(tag_json(&row)))
+}
+
+/// `DELETE /api/id-tags/{tag}`: 204.
+pub async fn delete(
+    state: web::Data<AppState>,
+    tag: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if state.store.delete_id_tag(&tag).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound(format!("id tag {tag} is unknown")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupBody {
+    uid: String,
+}
+
+/// `POST /api/id-tags/lookup {"uid":"04A2B3C4"}`: the tag of an RFID card (case-insensitive) and its owner.
+pub async fn lookup(
+    state: web::Data<AppState>,
+    body: web::Json<LookupBody>,
+) -> Result<HttpResponse, ApiError> {
+    let row = state
+        .store
+        .id_tag_by_uid(&body.uid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no id tag for card {}", body.uid.trim())))?;
+    Ok(HttpResponse::Ok().json(tag_json(&row)))
+}

@@ -1,0 +1,148 @@
+//! Carries one REST action to a charge point's session and records its life in the `commands` table (as for
+//! terminals: one tracker task per command writes the updates in order).
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::actions::CsAction;
+use super::session::{CallRejected, OcppSession, QueuedCall, SendCall};
+use crate::devices::{CommandEvent, CommandOutcome};
+use crate::store::ocpp::ChargerField;
+use crate::store::{CommandState, NewCommand, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("charge point {0} is not connected")]
+    NotConnected(String),
+    #[error("charge point {0} has too many calls waiting")]
+    QueueFull(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The final word on an action.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    /// CALLRESULT payload.
+    Result(Value),
+    /// CALLERROR `{"code","description","details"}`.
+    Error(Value),
+    TimedOut,
+    Disconnected,
+}
+
+/// Records the action, queues it on the session and starts its tracker.
+///
+/// # Errors
+/// Not connected, queue full (the row is then marked failed), or a database error.
+pub async fn dispatch(
+    store: &Store,
+    session: &actix::Addr<OcppSession>,
+    charge_point_id: &str,
+    charger_id: i32,
+    action: CsAction,
+) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
+    let id = Uuid::new_v4();
+    let name = action.action();
+    store
+        .insert_command(NewCommand {
+            id,
+            device_kind: super::DEVICE_KIND,
+            device: charge_point_id.to_owned(),
+            command: name.to_owned(),
+            params: action.payload(),
+        })
+        .await?;
+    let (events_tx, events_rx) = mpsc::channel(2);
+    let call = QueuedCall {
+        id,
+        action,
+        events: events_tx,
+    };
+    let rejection = match session.send(SendCall(call)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(CallRejected::QueueFull)) => {
+            Some(DispatchError::QueueFull(charge_point_id.to_owned()))
+        }
+        Ok(Err(CallRejected::Closing)) | Err(_) => {
+            Some(DispatchError::NotConnected(charge_point_id.to_owned()))
+        }
+    };
+    if let Some(err) = rejection {
+        store
+            .finish_command(id, CommandState::Failed, None, Some(err.to_string()))
+            .await?;
+        return Err(err);
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    actix_rt::spawn(track(
+        store.clone(),
+        id,
+        charger_id,
+        name,
+        events_rx,
+        done_tx,
+    ));
+    Ok((id, done_rx))
+}
+
+async fn track(
+    store: Store,
+    id: Uuid,
+    charger_id: i32,
+    action: &'static str,
+    mut events: mpsc::Receiver<CommandEvent>,
+    done: oneshot::Sender<Finished>,
+) {
+    let outcome = loop {
+        match events.recv().await {
+            Some(CommandEvent::Sent(at)) => {
+                if let Err(err) = store.mark_command_sent(id, at).await {
+                    tracing::warn!(%id, %err, "could not mark command sent");
+                }
+            }
+            Some(CommandEvent::Finished(outcome)) => break outcome,
+            None => break CommandOutcome::Disconnected,
+        }
+    };
+    let finished = match outcome {
+        CommandOutcome::Replied(payload) => Finished::Result(payload),
+        CommandOutcome::DeviceError(error) => Finished::Error(error),
+        CommandOutcome::Delivered => Finished::Result(Value::Null),
+        CommandOutcome::TimedOut => Finished::TimedOut,
+        CommandOutcome::Disconnected => Finished::Disconnected,
+    };
+    let (state, reply, error) = match &finished {
+        Finished::Result(payload) => {
+            if action == "GetConfiguration" {
+                if let Err(err) = store
+                    .set_charger_field(charger_id, ChargerField::Configuration, payload.clone())
+                    .await
+                {
+                    tracing::warn!(%id, %err, "could not store the configuration read");
+                }
+            }
+            (CommandState::Succeeded, Some(payload.clone()), None)
+        }
+        Finished::Error(error) => (
+            CommandState::Failed,
+            Some(error.clone()),
+            Some("the charge point answered with a CALLERROR".to_owned()),
+        ),
+        Finished::TimedOut => (
+            CommandState::TimedOut,
+            None,
+            Some("the charge point did not answer in time".into()),
+        ),
+        Finished::Disconnected => (
+            CommandState::Failed,
+            None,
+            Some("the charge point disconnected before answering".into()),
+        ),
+    };
+    if let Err(err) = store.finish_command(id, state, reply, error).await {
+        tracing::error!(%id, %err, "could not record an action's outcome");
+    }
+    let _ = done.send(finished);
+}
