@@ -51,6 +51,21 @@ enum Simulate {
         #[arg(long, default_value_t = 0)]
         logs: u32,
     },
+    /// Virtual OCPP 1.6J charge points that boot, report status, heartbeat, charge, and answer every
+    /// central-system operation.
+    Ocpp {
+        /// Base URL; each charger appends its id.
+        #[arg(long, default_value = "ws://127.0.0.1:7788/ocpp")]
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Ids are this prefix plus a five-digit index.
+        #[arg(long, default_value = "CP")]
+        id_prefix: String,
+        /// Seconds between charging sessions of each charger (0: none).
+        #[arg(long, default_value_t = 30.0)]
+        session_every: f64,
+    },
 }
 
 #[actix_web::main]
@@ -75,6 +90,18 @@ async fn main() -> std::process::ExitCode {
         }) => gatehouse::sim::tm20::run_fleet(&url, count, &sn_prefix, users, logs)
             .await
             .map_err(|err| err.to_string()),
+        Command::Simulate(Simulate::Ocpp {
+            url,
+            count,
+            id_prefix,
+            session_every,
+        }) => {
+            let every =
+                (session_every > 0.0).then(|| std::time::Duration::from_secs_f64(session_every));
+            gatehouse::sim::ocpp::run_fleet(&url, count, &id_prefix, every)
+                .await
+                .map_err(|err| err.to_string())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -118,6 +118,7 @@ impl Application {
             node_id: node_id.clone(),
             started_at: chrono::Utc::now(),
         });
+        spawn_message_log_pruning(state.store.clone(), settings.ocpp_message_retention_days);
         if let Some(cluster) = &cluster {
             cluster.start(registry.clone(), api::commands::executor(state.clone()));
             tracing::info!(node = %node_id, "cluster mode: directory and command forwarding over redis");
@@ -197,6 +198,23 @@ impl Application {
         });
         self.server.await
     }
+}
+
+/// Deletes OCPP message log rows older than the retention period, now and then every hour. (Every node of a
+/// cluster does it; the deletes are idempotent.)
+fn spawn_message_log_pruning(store: Store, retention_days: u32) {
+    actix_rt::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            ticker.tick().await;
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(retention_days));
+            match store.prune_ocpp_messages(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned the OCPP message log"),
+                Err(err) => tracing::warn!(%err, "could not prune the OCPP message log"),
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

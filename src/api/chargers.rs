@@ -10,8 +10,10 @@ use entity::{charger, connector, meter_value, transaction};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::commands::{forward, remote_route, Answer, Ran};
 use super::terminals::{connected_by_sn, parse_flag, Connected};
 use super::AppState;
+use crate::cluster::ForwardRequest;
 use crate::devices::ocpp::actions::{self, ActionError};
 use crate::devices::ocpp::dispatch::{self, DispatchError, Finished};
 use crate::devices::ocpp::handshake;
@@ -301,21 +303,71 @@ pub async fn action(
             message: "`action` must be a string naming an OCPP action".into(),
         })?;
     let params = fields.get("params").unwrap_or(&Value::Null);
-    let parsed = actions::parse_action(name, params).map_err(|err| match err {
+    let parsed = parse(name, params)?;
+    let action_name = parsed.action();
+    let ran = match state.registry.send(Lookup(id.clone())).await {
+        Ok(Some(DeviceAddr::Ocpp(_))) => run_local(&state, &id, parsed, wait).await,
+        _ => match remote_route(&state, &id).await? {
+            Some(route) => {
+                let request = ForwardRequest {
+                    correlation: uuid::Uuid::new_v4(),
+                    from: String::new(),
+                    kind: "ocpp".into(),
+                    sn: id.clone(),
+                    command: action_name.to_owned(),
+                    params: parsed.payload(),
+                    wait,
+                    deadline_ms: 0,
+                };
+                forward(&state, &id, &route, request).await
+            }
+            None => Err(match known(&state, &id).await {
+                Ok(_) => {
+                    ApiError::NotConnected(format!("charge point {id} is not connected")).into()
+                }
+                Err(err) => err.into(),
+            }),
+        },
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match ran {
+        Ok(Ran::Queued(command_id)) => Ok(HttpResponse::Accepted().json(json!({"id": command_id, "state": "queued"}))),
+        Ok(Ran::Finished { id: command_id, result: true, reply }) => Ok(HttpResponse::Ok().json(json!({
+            "id": command_id, "action": action_name, "outcome": "result", "payload": reply, "elapsed_ms": elapsed_ms,
+        }))),
+        Ok(Ran::Finished { id: command_id, result: false, reply }) => Ok(HttpResponse::Ok().json(json!({
+            "id": command_id, "action": action_name, "outcome": "error", "error": reply, "elapsed_ms": elapsed_ms,
+        }))),
+        Err(Answer::Api(err)) => Err(err),
+        Err(Answer::Raw { status, body }) => Ok(HttpResponse::build(status).json(body)),
+    }
+}
+
+fn parse(name: &str, params: &Value) -> Result<actions::CsAction, ApiError> {
+    actions::parse_action(name, params).map_err(|err| match err {
         ActionError::UnknownAction(name) => ApiError::UnknownCommand(name),
         ActionError::InvalidParams { field, message } => ApiError::InvalidParams {
             message: format!("invalid params: {field}: {message}"),
             field,
         },
-    })?;
-    let action_name = parsed.action();
-    let charger = known(&state, &id).await?;
+    })
+}
+
+/// Runs an action on a charge point connected to this node.
+async fn run_local(
+    state: &AppState,
+    id: &str,
+    action: actions::CsAction,
+    wait: bool,
+) -> Result<Ran, Answer> {
     let not_connected = || ApiError::NotConnected(format!("charge point {id} is not connected"));
-    let session = match state.registry.send(Lookup(id.clone())).await {
+    let session = match state.registry.send(Lookup(id.to_owned())).await {
         Ok(Some(DeviceAddr::Ocpp(addr))) => addr,
-        _ => return Err(not_connected()),
+        _ => return Err(not_connected().into()),
     };
-    let (command_id, outcome) = dispatch::dispatch(&state.store, &session, &id, charger.id, parsed)
+    let charger = known(state, id).await?;
+    let action_name = action.action();
+    let (command_id, outcome) = dispatch::dispatch(&state.store, &session, id, charger.id, action)
         .await
         .map_err(|err| match err {
             DispatchError::NotConnected(_) => not_connected(),
@@ -325,7 +377,7 @@ pub async fn action(
             DispatchError::Store(err) => err.into(),
         })?;
     if !wait {
-        return Ok(HttpResponse::Accepted().json(json!({"id": command_id, "state": "queued"})));
+        return Ok(Ran::Queued(command_id));
     }
     let finished = tokio::time::timeout(MAX_WAIT, outcome)
         .await
@@ -333,22 +385,36 @@ pub async fn action(
             ApiError::DeviceTimeout(format!("charge point {id} did not answer {action_name}"))
         })?
         .map_err(|_| ApiError::Internal(format!("command {command_id} lost its tracker")))?;
-    let elapsed_ms = started.elapsed().as_millis() as u64;
     match finished {
-        Finished::Result(payload) => Ok(HttpResponse::Ok().json(json!({
-            "id": command_id, "action": action_name, "outcome": "result", "payload": payload, "elapsed_ms": elapsed_ms,
-        }))),
-        Finished::Error(error) => Ok(HttpResponse::Ok().json(json!({
-            "id": command_id, "action": action_name, "outcome": "error", "error": error, "elapsed_ms": elapsed_ms,
-        }))),
+        Finished::Result(payload) => Ok(Ran::Finished {
+            id: command_id,
+            result: true,
+            reply: payload,
+        }),
+        Finished::Error(error) => Ok(Ran::Finished {
+            id: command_id,
+            result: false,
+            reply: error,
+        }),
         Finished::TimedOut => Err(ApiError::DeviceTimeout(format!(
             "charge point {id} did not answer {action_name} within {:.1} s (command {command_id})",
             state.settings.ocpp_call_timeout.as_secs_f64()
-        ))),
+        ))
+        .into()),
         Finished::Disconnected => Err(ApiError::NotConnected(format!(
             "charge point {id} disconnected before answering {action_name} (command {command_id})"
-        ))),
+        ))
+        .into()),
     }
+}
+
+/// Runs an action another node forwarded to us.
+pub(crate) async fn run_forwarded(
+    state: &AppState,
+    request: &ForwardRequest,
+) -> Result<Ran, Answer> {
+    let action = parse(&request.command, &request.params)?;
+    run_local(state, &request.sn, action, request.wait).await
 }
 
 #[derive(Deserialize)]

@@ -32,7 +32,7 @@ pub struct SendQuery {
 const BODY_KEYS: &[&str] = &["command", "params"];
 
 /// Where a command ended up, before it is turned into an HTTP answer.
-enum Ran {
+pub(crate) enum Ran {
     Queued(Uuid),
     Finished {
         id: Uuid,
@@ -80,7 +80,7 @@ pub async fn send(
 }
 
 /// Either an error of ours or one relayed verbatim from the node that ran the command.
-enum Answer {
+pub(crate) enum Answer {
     Api(ApiError),
     Raw { status: StatusCode, body: Value },
 }
@@ -125,7 +125,7 @@ fn validate(state: &AppState, name: &str, params: &Value) -> Result<ValidatedCom
 }
 
 /// The directory's route for a device held by *another* node.
-async fn remote_route(
+pub(crate) async fn remote_route(
     state: &AppState,
     sn: &str,
 ) -> Result<Option<crate::cluster::Route>, ApiError> {
@@ -208,17 +208,29 @@ async fn run_remote(
     command: &Tm20Command,
     wait: bool,
 ) -> Result<Ran, Answer> {
-    let Some(cluster) = &state.cluster else {
-        return Err(ApiError::NotConnected(format!("terminal {sn} is not connected")).into());
-    };
     let request = ForwardRequest {
         correlation: Uuid::new_v4(),
         from: String::new(),
+        kind: "tm20".into(),
         sn: sn.to_owned(),
         command: command.name().to_owned(),
         params: command.params_json(),
         wait,
         deadline_ms: 0,
+    };
+    forward(state, sn, route, request).await
+}
+
+/// Publishes a command for a device on another node and turns the owner's answer into ours.
+pub(crate) async fn forward(
+    state: &AppState,
+    sn: &str,
+    route: &crate::cluster::Route,
+    request: ForwardRequest,
+) -> Result<Ran, Answer> {
+    let wait = request.wait;
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::NotConnected(format!("device {sn} is not connected")).into());
     };
     // Queueing is quick; a waiting call is bounded by the owner's own per-exchange time-outs.
     let patience = if wait {
@@ -252,11 +264,15 @@ pub fn executor(state: web::Data<AppState>) -> Executor {
     Arc::new(move |request: ForwardRequest| {
         let state = state.clone();
         Box::pin(async move {
-            let ran = match validate(&state, &request.command, &request.params) {
-                Ok(validated) => {
-                    run_local(&state, &request.sn, validated.command, request.wait).await
+            let ran = if request.kind == "ocpp" {
+                super::chargers::run_forwarded(&state, &request).await
+            } else {
+                match validate(&state, &request.command, &request.params) {
+                    Ok(validated) => {
+                        run_local(&state, &request.sn, validated.command, request.wait).await
+                    }
+                    Err(err) => Err(err.into()),
                 }
-                Err(err) => Err(err.into()),
             };
             match ran {
                 Ok(Ran::Queued(id)) => ForwardOutcome::Queued { id },

@@ -34,6 +34,9 @@ pub struct ForwardRequest {
     pub correlation: Uuid,
     /// Node whose reply channel gets the answer.
     pub from: String,
+    /// Device family: `tm20` (command) or `ocpp` (action).
+    #[serde(default = "default_kind")]
+    pub kind: String,
     pub sn: String,
     pub command: String,
     /// Already validated by the requesting node; re-validated by the owner.
@@ -42,6 +45,10 @@ pub struct ForwardRequest {
     pub wait: bool,
     /// Milliseconds since the epoch after which nobody waits for the answer any more.
     pub deadline_ms: i64,
+}
+
+fn default_kind() -> String {
+    "tm20".into()
 }
 
 /// The owner's answer, published on the requester's reply channel.

@@ -1,3 +1,4 @@
 //! Simulated devices: used by the integration tests, `gatehouse simulate`, and the benchmarks.
 
+pub mod ocpp;
 pub mod tm20;

@@ -491,3 +491,41 @@ async fn the_local_cluster_script_runs_three_nodes_behind_one_address() {
     .1;
     assert_eq!(nodes["items"].as_array().unwrap().len(), 3, "{nodes}");
 }
+
+#[actix_rt::test]
+async fn an_ocpp_action_via_node_b_reaches_the_charger_on_node_a() {
+    let (redis, _own) = shared_redis().await;
+    let (a, b) = two_nodes(&redis).await;
+    let sim = gatehouse::sim::ocpp::OcppSim::connect(gatehouse::sim::ocpp::OcppSimConfig::new(
+        a.ws_url("/ocpp"),
+        "CLCP01",
+    ))
+    .await
+    .unwrap();
+    wait_route(&b, "CLCP01", "node-a").await;
+    let (status, body) = b
+        .post(
+            "/api/chargers/CLCP01/action",
+            json!({"action": "GetConfiguration", "params": {"key": ["HeartbeatInterval"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outcome"], "result");
+    assert!(body["payload"]["configurationKey"].is_array(), "{body}");
+    assert!(sim
+        .state()
+        .calls_received
+        .iter()
+        .any(|(a, _)| a == "GetConfiguration"));
+    let (status, body) = b
+        .post(
+            "/api/chargers/CLCP01/action",
+            json!({"action": "Reset", "params": {"type": "Nope"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("type")),
+        "{body}"
+    );
+}

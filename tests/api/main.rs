@@ -7,6 +7,6 @@ mod cluster;
 mod commands;
 mod helpers;
 mod logs;
-// mod ocpp;
+mod ocpp;
 mod registration;
 mod rest;
