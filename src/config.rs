@@ -57,6 +57,10 @@ pub struct Settings {
     #[arg(long, env = "COMMAND_QUEUE_SIZE", default_value_t = 32)]
     pub command_queue_size: usize,
 
+    /// Commands that may wait in the durable queue (`deliver=queued`) per device; more get 429.
+    #[arg(long, env = "COMMAND_QUEUE_MAX", default_value_t = 1000)]
+    pub command_queue_max: u64,
+
     /// Redis URL; setting it turns cluster mode on.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -135,6 +139,7 @@ impl Default for Settings {
             tm20_utc_offset: None,
             command_timeout: Duration::from_secs(10),
             command_queue_size: 32,
+            command_queue_max: 1000,
             redis_url: None,
             redis_prefix: "gatehouse".into(),
             node_id: None,

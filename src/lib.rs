@@ -11,6 +11,7 @@
 //! - [`devices`]: one module per device family (wire protocol, session actor, commands) and the shared
 //!   WebSocket edge.
 //! - [`api`]: the REST routes.
+//! - [`delivery`]: queued commands delivered when their device comes online.
 //! - [`store`]: every database query and write.
 //! - [`sim`]: simulated devices for tests, `gatehouse simulate` and benchmarks.
 //!
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod delivery;
 pub mod devices;
 pub mod error;
 pub mod registry;

@@ -11,7 +11,7 @@ pub struct Model {
     pub command: String,
     #[sea_orm(column_type = "JsonBinary")]
     pub params: Json,
-    /// queued | sent | succeeded | failed | timed_out
+    /// queued | sent | succeeded | failed | timed_out | expired | cancelled
     pub state: String,
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub reply: Option<Json>,
@@ -20,6 +20,12 @@ pub struct Model {
     pub requested_at: DateTimeUtc,
     pub sent_at: Option<DateTimeUtc>,
     pub finished_at: Option<DateTimeUtc>,
+    /// Sent with `deliver=queued`: kept until the device is online, re-queued if it drops mid-command.
+    pub deliver_queued: bool,
+    pub expires_at: Option<DateTimeUtc>,
+    /// Set by the node delivering a queued command; a conditional update on it makes the claim exclusive.
+    pub claim_token: Option<Uuid>,
+    pub claimed_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,13 +10,16 @@ use entity::{charger, connector, meter_value, transaction};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::commands::{forward, remote_route, Answer, Ran};
+use super::commands::{
+    enqueue_offline, forward, parse_deliver, parse_expiry, remote_route, Answer, Ran,
+};
 use super::terminals::{connected_by_sn, parse_flag, Connected};
 use super::AppState;
 use crate::cluster::ForwardRequest;
 use crate::devices::ocpp::actions::{self, ActionError};
 use crate::devices::ocpp::dispatch::{self, DispatchError, Finished};
 use crate::devices::ocpp::handshake;
+use crate::devices::Origin;
 use crate::error::ApiError;
 use crate::registry::{DeviceAddr, Lookup};
 use crate::store::ocpp::{ChargerPatch, MessageFilter};
@@ -265,9 +268,10 @@ pub async fn put(
 #[derive(Deserialize)]
 pub struct ActionQuery {
     wait: Option<String>,
+    deliver: Option<String>,
 }
 
-const ACTION_BODY_KEYS: &[&str] = &["action", "params"];
+const ACTION_BODY_KEYS: &[&str] = &["action", "params", "expires_in"];
 
 /// `POST /api/chargers/{id}/action[?wait=false]`
 pub async fn action(
@@ -279,6 +283,7 @@ pub async fn action(
     let started = Instant::now();
     let id = id.into_inner();
     let wait = parse_flag("wait", query.wait.as_deref(), true)?;
+    let queued = parse_deliver(query.deliver.as_deref())?;
     let body = body.into_inner();
     let Value::Object(fields) = &body else {
         return Err(ApiError::BadRequest(
@@ -303,10 +308,15 @@ pub async fn action(
             message: "`action` must be a string naming an OCPP action".into(),
         })?;
     let params = fields.get("params").unwrap_or(&Value::Null);
+    let expires_at = parse_expiry(fields)?;
     let parsed = parse(name, params)?;
     let action_name = parsed.action();
+    let origin = Origin::New {
+        deliver_queued: queued,
+        expires_at,
+    };
     let ran = match state.registry.send(Lookup(id.clone())).await {
-        Ok(Some(DeviceAddr::Ocpp(_))) => run_local(&state, &id, parsed, wait).await,
+        Ok(Some(DeviceAddr::Ocpp(_))) => run_local(&state, &id, parsed, wait, origin).await,
         _ => match remote_route(&state, &id).await? {
             Some(route) => {
                 let request = ForwardRequest {
@@ -317,10 +327,27 @@ pub async fn action(
                     command: action_name.to_owned(),
                     params: parsed.payload(),
                     wait,
+                    queued,
+                    expires_at,
                     deadline_ms: 0,
                 };
                 forward(&state, &id, &route, request).await
             }
+            None if queued => match known(&state, &id).await {
+                Ok(_) => {
+                    let payload = parsed.payload();
+                    enqueue_offline(
+                        &state,
+                        crate::devices::ocpp::DEVICE_KIND,
+                        &id,
+                        action_name,
+                        payload,
+                        expires_at,
+                    )
+                    .await
+                }
+                Err(err) => Err(err.into()),
+            },
             None => Err(match known(&state, &id).await {
                 Ok(_) => {
                     ApiError::NotConnected(format!("charge point {id} is not connected")).into()
@@ -359,6 +386,7 @@ async fn run_local(
     id: &str,
     action: actions::CsAction,
     wait: bool,
+    origin: Origin,
 ) -> Result<Ran, Answer> {
     let not_connected = || ApiError::NotConnected(format!("charge point {id} is not connected"));
     let session = match state.registry.send(Lookup(id.to_owned())).await {
@@ -367,15 +395,16 @@ async fn run_local(
     };
     let charger = known(state, id).await?;
     let action_name = action.action();
-    let (command_id, outcome) = dispatch::dispatch(&state.store, &session, id, charger.id, action)
-        .await
-        .map_err(|err| match err {
-            DispatchError::NotConnected(_) => not_connected(),
-            DispatchError::QueueFull(_) => {
-                ApiError::QueueFull(format!("charge point {id} has too many calls waiting"))
-            }
-            DispatchError::Store(err) => err.into(),
-        })?;
+    let (command_id, outcome) =
+        dispatch::dispatch(&state.store, &session, id, charger.id, action, origin)
+            .await
+            .map_err(|err| match err {
+                DispatchError::NotConnected(_) => not_connected(),
+                DispatchError::QueueFull(_) => {
+                    ApiError::QueueFull(format!("charge point {id} has too many calls waiting"))
+                }
+                DispatchError::Store(err) => err.into(),
+            })?;
     if !wait {
         return Ok(Ran::Queued(command_id));
     }
@@ -414,7 +443,11 @@ pub(crate) async fn run_forwarded(
     request: &ForwardRequest,
 ) -> Result<Ran, Answer> {
     let action = parse(&request.command, &request.params)?;
-    run_local(state, &request.sn, action, request.wait).await
+    let origin = Origin::New {
+        deliver_queued: request.queued,
+        expires_at: request.expires_at,
+    };
+    run_local(state, &request.sn, action, request.wait, origin).await
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,7 @@ use super::AppState;
 use crate::cluster::{Executor, ForwardError, ForwardOutcome, ForwardRequest};
 use crate::devices::tm20::commands::{self, CommandError, Tm20Command, ValidatedCommand};
 use crate::devices::tm20::dispatch::{self, DispatchError, Finished};
+use crate::devices::Origin;
 use crate::error::ApiError;
 use crate::registry::{DeviceAddr, Lookup};
 
@@ -26,10 +27,81 @@ const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 #[derive(Deserialize)]
 pub struct SendQuery {
     wait: Option<String>,
+    deliver: Option<String>,
 }
 
 /// Body keys of a command request; anything else is rejected by name.
-const BODY_KEYS: &[&str] = &["command", "params"];
+const BODY_KEYS: &[&str] = &["command", "params", "expires_in"];
+
+/// `deliver=queued` (keep it for an offline device) or `deliver=now` (the default: 409 when offline).
+pub(crate) fn parse_deliver(value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("now") => Ok(false),
+        Some("queued") => Ok(true),
+        Some(_) => Err(ApiError::InvalidParams {
+            field: "deliver".into(),
+            message: "deliver is now or queued".into(),
+        }),
+    }
+}
+
+/// `"expires_in": seconds` of a queued command, as an absolute time.
+pub(crate) fn parse_expiry(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let Some(value) = fields.get("expires_in") else {
+        return Ok(None);
+    };
+    let seconds = value
+        .as_f64()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 366.0 * 86_400.0)
+        .ok_or_else(|| ApiError::InvalidParams {
+            field: "expires_in".into(),
+            message: "expires_in is a number of seconds, more than 0 and at most a year".into(),
+        })?;
+    let delta = chrono::Duration::milliseconds((seconds * 1000.0) as i64);
+    Ok(Some(chrono::Utc::now() + delta))
+}
+
+/// Stores a command for an offline device (`deliver=queued`), delivered when it next registers.
+pub(crate) async fn enqueue_offline(
+    state: &AppState,
+    device_kind: &'static str,
+    device: &str,
+    command: &str,
+    params: Value,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Ran, Answer> {
+    let waiting = state
+        .store
+        .count_queued(device)
+        .await
+        .map_err(ApiError::from)?;
+    if waiting >= state.settings.command_queue_max {
+        return Err(ApiError::QueueFull(format!(
+            "{device} already has {waiting} commands queued (COMMAND_QUEUE_MAX)"
+        ))
+        .into());
+    }
+    let id = Uuid::new_v4();
+    state
+        .store
+        .insert_command(crate::store::NewCommand {
+            id,
+            device_kind,
+            device: device.to_owned(),
+            command: command.to_owned(),
+            params,
+            deliver_queued: true,
+            expires_at,
+        })
+        .await
+        .map_err(ApiError::from)?;
+    // The device may have registered between our look-up and the insert: its delivery pass may have run
+    // already, so start one.
+    crate::delivery::kick(std::sync::Arc::clone(&state.session_deps), device).await;
+    Ok(Ran::Queued(id))
+}
 
 /// Where a command ended up, before it is turned into an HTTP answer.
 pub(crate) enum Ran {
@@ -51,13 +123,35 @@ pub async fn send(
     let started = Instant::now();
     let sn = sn.into_inner();
     let wait = parse_flag("wait", query.wait.as_deref(), true)?;
-    let validated = validate_body(&state, body.into_inner())?;
+    let queued = parse_deliver(query.deliver.as_deref())?;
+    let (validated, expires_at) = validate_body(&state, body.into_inner())?;
     let command_name = validated.command.name();
+    let origin = Origin::New {
+        deliver_queued: queued,
+        expires_at,
+    };
 
     let ran = match state.registry.send(Lookup(sn.clone())).await {
-        Ok(Some(DeviceAddr::Tm20(_))) => run_local(&state, &sn, validated.command, wait).await,
+        Ok(Some(DeviceAddr::Tm20(_))) => {
+            run_local(&state, &sn, validated.command, wait, origin).await
+        }
         _ => match remote_route(&state, &sn).await? {
-            Some(route) => run_remote(&state, &sn, &route, &validated.command, wait).await,
+            Some(route) => run_remote(&state, &sn, &route, &validated.command, wait, origin).await,
+            None if queued => match state.store.terminal_by_sn(&sn).await? {
+                Some(_) => {
+                    let params = validated.command.params_json();
+                    enqueue_offline(
+                        &state,
+                        crate::devices::tm20::DEVICE_KIND,
+                        &sn,
+                        command_name,
+                        params,
+                        expires_at,
+                    )
+                    .await
+                }
+                None => Err(ApiError::NotFound(format!("terminal {sn} is unknown")).into()),
+            },
             None => Err(offline_or_unknown(&state, &sn).await),
         },
     };
@@ -91,7 +185,10 @@ impl From<ApiError> for Answer {
     }
 }
 
-fn validate_body(state: &AppState, body: Value) -> Result<ValidatedCommand, ApiError> {
+fn validate_body(
+    state: &AppState,
+    body: Value,
+) -> Result<(ValidatedCommand, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
     let Value::Object(fields) = &body else {
         return Err(ApiError::BadRequest(
             "body must be a JSON object like {\"command\":\"opendoor\",\"params\":{}}".into(),
@@ -111,7 +208,8 @@ fn validate_body(state: &AppState, body: Value) -> Result<ValidatedCommand, ApiE
             message: "`command` must be a string naming a terminal command".into(),
         })?;
     let params = fields.get("params").unwrap_or(&Value::Null);
-    validate(state, name, params)
+    let expires_at = parse_expiry(fields)?;
+    Ok((validate(state, name, params)?, expires_at))
 }
 
 fn validate(state: &AppState, name: &str, params: &Value) -> Result<ValidatedCommand, ApiError> {
@@ -152,6 +250,7 @@ async fn run_local(
     sn: &str,
     command: Tm20Command,
     wait: bool,
+    origin: Origin,
 ) -> Result<Ran, Answer> {
     let not_connected = || ApiError::NotConnected(format!("terminal {sn} is not connected"));
     let session = match state.registry.send(Lookup(sn.to_owned())).await {
@@ -165,16 +264,17 @@ async fn run_local(
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::NotFound(format!("terminal {sn} is unknown")))?;
     let command_name = command.name();
-    let (id, outcome) = dispatch::dispatch(&state.store, &session, sn, terminal.id, command)
-        .await
-        .map_err(|err| match err {
-            DispatchError::NotConnected(_) => not_connected(),
-            DispatchError::QueueFull(_) => ApiError::QueueFull(format!(
-                "terminal {sn} already has {} commands waiting; retry later",
-                state.settings.command_queue_size
-            )),
-            DispatchError::Store(err) => err.into(),
-        })?;
+    let (id, outcome) =
+        dispatch::dispatch(&state.store, &session, sn, terminal.id, command, origin)
+            .await
+            .map_err(|err| match err {
+                DispatchError::NotConnected(_) => not_connected(),
+                DispatchError::QueueFull(_) => ApiError::QueueFull(format!(
+                    "terminal {sn} already has {} commands waiting; retry later",
+                    state.settings.command_queue_size
+                )),
+                DispatchError::Store(err) => err.into(),
+            })?;
     if !wait {
         return Ok(Ran::Queued(id));
     }
@@ -207,7 +307,15 @@ async fn run_remote(
     route: &crate::cluster::Route,
     command: &Tm20Command,
     wait: bool,
+    origin: Origin,
 ) -> Result<Ran, Answer> {
+    let (queued, expires_at) = match origin {
+        Origin::New {
+            deliver_queued,
+            expires_at,
+        } => (deliver_queued, expires_at),
+        Origin::Claimed { .. } => (true, None),
+    };
     let request = ForwardRequest {
         correlation: Uuid::new_v4(),
         from: String::new(),
@@ -216,6 +324,8 @@ async fn run_remote(
         command: command.name().to_owned(),
         params: command.params_json(),
         wait,
+        queued,
+        expires_at,
         deadline_ms: 0,
     };
     forward(state, sn, route, request).await
@@ -267,9 +377,14 @@ pub fn executor(state: web::Data<AppState>) -> Executor {
             let ran = if request.kind == "ocpp" {
                 super::chargers::run_forwarded(&state, &request).await
             } else {
+                let origin = Origin::New {
+                    deliver_queued: request.queued,
+                    expires_at: request.expires_at,
+                };
                 match validate(&state, &request.command, &request.params) {
                     Ok(validated) => {
-                        run_local(&state, &request.sn, validated.command, request.wait).await
+                        run_local(&state, &request.sn, validated.command, request.wait, origin)
+                            .await
                     }
                     Err(err) => Err(err.into()),
                 }
@@ -300,16 +415,90 @@ pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = Uuid::parse_str(id.trim()).map_err(|_| ApiError::InvalidParams {
-        field: "id".into(),
-        message: "command ids are UUIDs".into(),
-    })?;
+    let id = parse_id(&id)?;
     let row = state
         .store
         .command(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("command {id} is unknown")))?;
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(HttpResponse::Ok().json(command_json(&row)))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    device: Option<String>,
+    state: Option<String>,
+    limit: Option<String>,
+}
+
+const STATES: &[&str] = &[
+    "queued",
+    "sent",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "expired",
+    "cancelled",
+];
+
+/// `GET /api/commands?device=&state=&limit=`: newest first.
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(wanted) = query.state.as_deref() {
+        if !STATES.contains(&wanted) {
+            return Err(ApiError::InvalidParams {
+                field: "state".into(),
+                message: format!("state is one of {}", STATES.join(", ")),
+            });
+        }
+    }
+    let limit = match query.limit.as_deref() {
+        None => 100,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::InvalidParams {
+                field: "limit".into(),
+                message: "limit must be an integer from 1 to 1000".into(),
+            })?,
+    };
+    let rows = state
+        .store
+        .list_commands(query.device.as_deref(), query.state.as_deref(), limit)
+        .await?;
+    let items: Vec<Value> = rows.iter().map(command_json).collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// `DELETE /api/commands/{id}`: cancels a command still waiting in the queue (204); 409 otherwise.
+pub async fn cancel(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    match state.store.cancel_command(id).await? {
+        crate::store::queue::Cancel::Cancelled => Ok(HttpResponse::NoContent().finish()),
+        crate::store::queue::Cancel::NotQueued(current) => Err(ApiError::Conflict(format!(
+            "command {id} is {current}; only queued commands can be cancelled"
+        ))),
+        crate::store::queue::Cancel::Unknown => {
+            Err(ApiError::NotFound(format!("command {id} is unknown")))
+        }
+    }
+}
+
+fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text.trim()).map_err(|_| ApiError::InvalidParams {
+        field: "id".into(),
+        message: "command ids are UUIDs".into(),
+    })
+}
+
+fn command_json(row: &entity::command::Model) -> Value {
+    json!({
         "id": row.id,
         "device": row.device,
         "device_kind": row.device_kind,
@@ -321,5 +510,7 @@ pub async fn get(
         "requested_at": row.requested_at,
         "sent_at": row.sent_at,
         "finished_at": row.finished_at,
-    })))
+        "deliver": if row.deliver_queued { "queued" } else { "now" },
+        "expires_at": row.expires_at,
+    })
 }

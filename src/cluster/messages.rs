@@ -43,6 +43,11 @@ pub struct ForwardRequest {
     pub params: Value,
     /// `false`: answer as soon as the command is queued.
     pub wait: bool,
+    /// Sent with `deliver=queued`: re-queued if the device drops before answering.
+    #[serde(default)]
+    pub queued: bool,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
     /// Milliseconds since the epoch after which nobody waits for the answer any more.
     pub deadline_ms: i64,
 }

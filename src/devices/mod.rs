@@ -58,3 +58,61 @@ pub enum CommandOutcome {
     /// The socket closed before the answer.
     Disconnected,
 }
+
+/// Where a command row comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// A new command: inserted now. `deliver_queued` commands go back to the queue if the device drops
+    /// before answering.
+    New {
+        deliver_queued: bool,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// A queued command this node claimed for delivery; its row exists.
+    Claimed { id: uuid::Uuid, token: uuid::Uuid },
+}
+
+impl Origin {
+    /// A plain command, sent now (409 when offline).
+    pub fn now() -> Self {
+        Origin::New {
+            deliver_queued: false,
+            expires_at: None,
+        }
+    }
+
+    /// Whether the row goes back to the queue when the device drops mid-command.
+    pub fn requeues(&self) -> bool {
+        match self {
+            Origin::New { deliver_queued, .. } => *deliver_queued,
+            Origin::Claimed { .. } => true,
+        }
+    }
+
+    pub fn token(&self) -> Option<uuid::Uuid> {
+        match self {
+            Origin::Claimed { token, .. } => Some(*token),
+            Origin::New { .. } => None,
+        }
+    }
+}
+
+/// A command the session refused to queue (full, closing): a queued-delivery command goes back to the queue
+/// (it was never sent), any other one fails with the reason.
+///
+/// # Errors
+/// On a database failure.
+pub(crate) async fn reject_row(
+    store: &crate::store::Store,
+    id: uuid::Uuid,
+    origin: Origin,
+    reason: String,
+) -> Result<(), crate::store::StoreError> {
+    if origin.requeues() {
+        store.requeue_after_drop(id, origin.token(), false).await
+    } else {
+        store
+            .finish_command(id, crate::store::CommandState::Failed, None, Some(reason))
+            .await
+    }
+}

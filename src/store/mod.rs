@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::devices::tm20::protocol::LogRecord;
 
 pub mod ocpp;
+pub mod queue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -453,6 +454,10 @@ impl Store {
             requested_at: Set(Utc::now()),
             sent_at: Set(None),
             finished_at: Set(None),
+            deliver_queued: Set(row.deliver_queued),
+            expires_at: Set(row.expires_at),
+            claim_token: Set(None),
+            claimed_at: Set(None),
         };
         Ok(model.insert(&self.db).await?)
     }
@@ -617,6 +622,9 @@ pub struct NewCommand {
     pub device: String,
     pub command: String,
     pub params: Value,
+    /// `deliver=queued`: kept for an offline device, re-queued if it drops mid-command.
+    pub deliver_queued: bool,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

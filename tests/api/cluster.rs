@@ -529,3 +529,34 @@ async fn an_ocpp_action_via_node_b_reaches_the_charger_on_node_a() {
         "{body}"
     );
 }
+
+#[actix_rt::test]
+async fn a_command_queued_via_node_a_is_delivered_once_when_the_terminal_registers_on_node_b() {
+    let (redis, _own) = shared_redis().await;
+    let (a, b) = two_nodes(&redis).await;
+    a.put("/api/terminals/CLQ0001", json!({})).await;
+    let (status, body) = a
+        .post(
+            "/api/terminals/CLQ0001/command?deliver=queued",
+            json!({"command": "getusername", "params": {"enrollid": 3}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let sim = SimTerminal::connect(SimConfig::new(b.ws_url("/pub/chat"), "CLQ0001"))
+        .await
+        .unwrap();
+    a.eventually("delivered", || {
+        let (a, id) = (&a, id.clone());
+        async move { a.get(&format!("/api/commands/{id}")).await.1["state"] == "succeeded" }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deliveries = sim
+        .state()
+        .commands_received
+        .iter()
+        .filter(|c| c["cmd"] == "getusername")
+        .count();
+    assert_eq!(deliveries, 1, "exactly once");
+}

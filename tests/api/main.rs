@@ -8,5 +8,6 @@ mod commands;
 mod helpers;
 mod logs;
 mod ocpp;
+mod queue;
 mod registration;
 mod rest;

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::actions::CsAction;
 use super::session::{CallRejected, OcppSession, QueuedCall, SendCall};
-use crate::devices::{CommandEvent, CommandOutcome};
+use crate::devices::{CommandEvent, CommandOutcome, Origin};
 use crate::store::ocpp::ChargerField;
 use crate::store::{CommandState, NewCommand, Store, StoreError};
 
@@ -42,18 +42,30 @@ pub async fn dispatch(
     charge_point_id: &str,
     charger_id: i32,
     action: CsAction,
+    origin: Origin,
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
-    let id = Uuid::new_v4();
     let name = action.action();
-    store
-        .insert_command(NewCommand {
-            id,
-            device_kind: super::DEVICE_KIND,
-            device: charge_point_id.to_owned(),
-            command: name.to_owned(),
-            params: action.payload(),
-        })
-        .await?;
+    let id = match origin {
+        Origin::New {
+            deliver_queued,
+            expires_at,
+        } => {
+            let id = Uuid::new_v4();
+            store
+                .insert_command(NewCommand {
+                    id,
+                    device_kind: super::DEVICE_KIND,
+                    device: charge_point_id.to_owned(),
+                    command: name.to_owned(),
+                    params: action.payload(),
+                    deliver_queued,
+                    expires_at,
+                })
+                .await?;
+            id
+        }
+        Origin::Claimed { id, .. } => id,
+    };
     let (events_tx, events_rx) = mpsc::channel(2);
     let call = QueuedCall {
         id,
@@ -70,9 +82,7 @@ pub async fn dispatch(
         }
     };
     if let Some(err) = rejection {
-        store
-            .finish_command(id, CommandState::Failed, None, Some(err.to_string()))
-            .await?;
+        crate::devices::reject_row(store, id, origin, err.to_string()).await?;
         return Err(err);
     }
     let (done_tx, done_rx) = oneshot::channel();
@@ -81,6 +91,7 @@ pub async fn dispatch(
         id,
         charger_id,
         name,
+        origin,
         events_rx,
         done_tx,
     ));
@@ -92,6 +103,7 @@ async fn track(
     id: Uuid,
     charger_id: i32,
     action: &'static str,
+    origin: Origin,
     mut events: mpsc::Receiver<CommandEvent>,
     done: oneshot::Sender<Finished>,
 ) {
@@ -141,7 +153,18 @@ async fn track(
             Some("the charge point disconnected before answering".into()),
         ),
     };
-    if let Err(err) = store.finish_command(id, state, reply, error).await {
+    let recorded = if matches!(finished, Finished::Disconnected) && origin.requeues() {
+        store
+            .requeue_after_drop(
+                id,
+                origin.token(),
+                super::UNSAFE_TO_REPEAT.contains(&action),
+            )
+            .await
+    } else {
+        store.finish_command(id, state, reply, error).await
+    };
+    if let Err(err) = recorded {
         tracing::error!(%id, %err, "could not record an action's outcome");
     }
     let _ = done.send(finished);

@@ -12,3 +12,6 @@ pub mod session;
 /// `device_kind` of OCPP rows in the `commands` table and `protocol` in listings.
 pub const DEVICE_KIND: &str = "ocpp";
 pub const PROTOCOL: &str = "ocpp1.6";
+
+/// Actions that must not run twice when interrupted after being sent.
+pub const UNSAFE_TO_REPEAT: &[&str] = &["Reset"];

@@ -81,6 +81,8 @@ pub struct OcppSession {
     boot_status: Option<String>,
     draining: bool,
     closing: bool,
+    /// Queued actions are delivered once per connection, after the first CALL the charger sent.
+    delivery_started: bool,
 }
 
 impl OcppSession {
@@ -108,6 +110,7 @@ impl OcppSession {
             boot_status: None,
             draining: false,
             closing: false,
+            delivery_started: false,
         }
     }
 
@@ -273,6 +276,15 @@ impl OcppSession {
                 Ok(handled) => {
                     if let Some(status) = handled.boot_status {
                         act.boot_status = Some(status);
+                    }
+                    // The charger is talking to us: deliver what was queued while it was away.
+                    if !std::mem::replace(&mut act.delivery_started, true) {
+                        let target = crate::delivery::Target::Ocpp {
+                            addr: ctx.address(),
+                            charger_id: act.charger_id,
+                        };
+                        let device = act.charge_point_id.clone();
+                        actix_rt::spawn(crate::delivery::deliver(Arc::clone(&act.deps), device, target));
                     }
                     act.log_later("out", "result", Some(action), id.clone(), handled.payload.clone(), request_row);
                     framing::call_result(&id, &handled.payload)

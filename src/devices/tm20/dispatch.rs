@@ -15,6 +15,7 @@ use super::protocol::{self, Inbound};
 use super::session::{
     CommandEvent, CommandOutcome, CommandRejected, QueuedCommand, SendCommand, Tm20Session,
 };
+use crate::devices::Origin;
 use crate::store::{CommandState, NewCommand, Store, UserUpsert};
 
 /// Why a command could not be queued.
@@ -48,18 +49,30 @@ pub async fn dispatch(
     sn: &str,
     terminal_id: i32,
     command: Tm20Command,
+    origin: Origin,
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
-    let id = Uuid::new_v4();
     let name = command.name();
-    store
-        .insert_command(NewCommand {
-            id,
-            device_kind: super::DEVICE_KIND,
-            device: sn.to_owned(),
-            command: name.to_owned(),
-            params: command.params_json(),
-        })
-        .await?;
+    let id = match origin {
+        Origin::New {
+            deliver_queued,
+            expires_at,
+        } => {
+            let id = Uuid::new_v4();
+            store
+                .insert_command(NewCommand {
+                    id,
+                    device_kind: super::DEVICE_KIND,
+                    device: sn.to_owned(),
+                    command: name.to_owned(),
+                    params: command.params_json(),
+                    deliver_queued,
+                    expires_at,
+                })
+                .await?;
+            id
+        }
+        Origin::Claimed { id, .. } => id,
+    };
     // Two events per command at most (Sent, Finished): the session never waits on this channel.
     let (events_tx, events_rx) = mpsc::channel(2);
     let queued = QueuedCommand {
@@ -75,9 +88,7 @@ pub async fn dispatch(
         }
     };
     if let Some(err) = rejection {
-        store
-            .finish_command(id, CommandState::Failed, None, Some(err.to_string()))
-            .await?;
+        crate::devices::reject_row(store, id, origin, err.to_string()).await?;
         return Err(err);
     }
     let (done_tx, done_rx) = oneshot::channel();
@@ -87,6 +98,7 @@ pub async fn dispatch(
         id,
         terminal_id,
         Arc::new(command),
+        origin,
         events_rx,
         done_tx,
     ));
@@ -98,6 +110,7 @@ async fn track(
     id: Uuid,
     terminal_id: i32,
     command: Arc<Tm20Command>,
+    origin: Origin,
     mut events: mpsc::Receiver<CommandEvent>,
     done: oneshot::Sender<Finished>,
 ) {
@@ -158,7 +171,15 @@ async fn track(
             Some("the terminal disconnected before answering".into()),
         ),
     };
-    if let Err(err) = store.finish_command(id, state, reply, error).await {
+    let recorded = if matches!(finished, Finished::Disconnected) && origin.requeues() {
+        let unsafe_to_repeat = super::UNSAFE_TO_REPEAT.contains(&command.name());
+        store
+            .requeue_after_drop(id, origin.token(), unsafe_to_repeat)
+            .await
+    } else {
+        store.finish_command(id, state, reply, error).await
+    };
+    if let Err(err) = recorded {
         tracing::error!(%id, %err, "could not record a command's outcome");
     }
     let _ = done.send(finished);

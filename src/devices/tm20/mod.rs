@@ -9,3 +9,7 @@ pub mod session;
 
 /// `device_kind` of TM20 rows in the `commands` table.
 pub const DEVICE_KIND: &str = "tm20";
+
+/// Commands that must not run twice: a queued one interrupted after it was sent fails instead of being
+/// re-sent (they erase data).
+pub const UNSAFE_TO_REPEAT: &[&str] = &["initsys", "cleanlog", "cleanuser"];

@@ -255,11 +255,19 @@ impl Tm20Session {
                     addr: DeviceAddr::Tm20(ctx.address()),
                     info: ConnectionInfo {
                         protocol: "tm20",
-                        sn,
+                        sn: sn.clone(),
                         remote_addr: act.remote_addr.clone(),
                         connected_at: act.connected_at,
                     },
                 }));
+                // Commands queued while the terminal was away go out now (tm20.md §1.2: after the new reg).
+                if let Some(terminal_id) = terminal_id {
+                    let target = crate::delivery::Target::Tm20 {
+                        addr: ctx.address(),
+                        terminal_id,
+                    };
+                    actix_rt::spawn(crate::delivery::deliver(Arc::clone(&act.deps), sn, target));
+                }
             }
             Ok(RegDecision::Rejected(reason)) => {
                 tracing::info!(sn = %sn, reason, "registration rejected");

@@ -1,0 +1,243 @@
+//! The durable command queue: commands stored for offline devices, claimed by exactly one node when the
+//! device comes back (a conditional update on `claim_token`, never an in-memory lock), re-queued when the
+//! device drops mid-command if they are safe to repeat.
+
+use chrono::{DateTime, Utc};
+use entity::command;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use uuid::Uuid;
+
+use super::{CommandState, Store, StoreError};
+
+/// Why a cancel did not happen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel {
+    Cancelled,
+    /// It is no longer waiting (its current state).
+    NotQueued(String),
+    Unknown,
+}
+
+impl Store {
+    /// Commands waiting for a device (queued and not claimed).
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn count_queued(&self, device: &str) -> Result<u64, StoreError> {
+        Ok(command::Entity::find()
+            .filter(command::Column::Device.eq(device))
+            .filter(command::Column::State.eq(CommandState::Queued.as_str()))
+            .filter(command::Column::DeliverQueued.eq(true))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// Newest first, optionally filtered.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn list_commands(
+        &self,
+        device: Option<&str>,
+        state: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<command::Model>, StoreError> {
+        let mut query = command::Entity::find();
+        if let Some(device) = device {
+            query = query.filter(command::Column::Device.eq(device));
+        }
+        if let Some(state) = state {
+            query = query.filter(command::Column::State.eq(state));
+        }
+        Ok(query
+            .order_by_desc(command::Column::RequestedAt)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Cancels a command that is still waiting (not claimed by a delivering node).
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn cancel_command(&self, id: Uuid) -> Result<Cancel, StoreError> {
+        let result = command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value("cancelled"))
+            .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(
+                command::Column::Error,
+                Expr::value("cancelled by an operator"),
+            )
+            .filter(command::Column::Id.eq(id))
+            .filter(command::Column::State.eq(CommandState::Queued.as_str()))
+            .filter(command::Column::DeliverQueued.eq(true))
+            .filter(command::Column::ClaimToken.is_null())
+            .exec(&self.db)
+            .await?;
+        if result.rows_affected == 1 {
+            return Ok(Cancel::Cancelled);
+        }
+        Ok(match self.command(id).await? {
+            Some(row) => Cancel::NotQueued(row.state),
+            None => Cancel::Unknown,
+        })
+    }
+
+    /// Claims left behind by earlier connections of this device (it just registered, so they are dead):
+    /// back to the queue, except a command that was already sent and is not safe to repeat, which fails.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn recover_claims(
+        &self,
+        device: &str,
+        unsafe_commands: &[&str],
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        command::Entity::update_many()
+            .col_expr(
+                command::Column::State,
+                Expr::value(CommandState::Failed.as_str()),
+            )
+            .col_expr(
+                command::Column::Error,
+                Expr::value("the device dropped after it was sent, and it is not safe to repeat"),
+            )
+            .col_expr(command::Column::FinishedAt, Expr::value(now))
+            .filter(command::Column::Device.eq(device))
+            .filter(command::Column::DeliverQueued.eq(true))
+            .filter(command::Column::State.eq(CommandState::Sent.as_str()))
+            .filter(command::Column::Command.is_in(unsafe_commands.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        command::Entity::update_many()
+            .col_expr(
+                command::Column::State,
+                Expr::value(CommandState::Queued.as_str()),
+            )
+            .col_expr(
+                command::Column::ClaimToken,
+                Expr::value(Option::<Uuid>::None),
+            )
+            .col_expr(
+                command::Column::SentAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(command::Column::Device.eq(device))
+            .filter(command::Column::DeliverQueued.eq(true))
+            .filter(
+                command::Column::State
+                    .is_in([CommandState::Queued.as_str(), CommandState::Sent.as_str()]),
+            )
+            .filter(command::Column::ClaimToken.is_not_null())
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The oldest command waiting for `device`.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn next_queued(&self, device: &str) -> Result<Option<command::Model>, StoreError> {
+        Ok(command::Entity::find()
+            .filter(command::Column::Device.eq(device))
+            .filter(command::Column::DeliverQueued.eq(true))
+            .filter(command::Column::State.eq(CommandState::Queued.as_str()))
+            .filter(command::Column::ClaimToken.is_null())
+            .order_by_asc(command::Column::RequestedAt)
+            .order_by_asc(command::Column::Id)
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Takes a queued command for delivery; `false` when another node (or loop) got it first.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn claim_command(&self, id: Uuid, token: Uuid) -> Result<bool, StoreError> {
+        let result = command::Entity::update_many()
+            .col_expr(command::Column::ClaimToken, Expr::value(token))
+            .col_expr(command::Column::ClaimedAt, Expr::value(Utc::now()))
+            .filter(command::Column::Id.eq(id))
+            .filter(command::Column::State.eq(CommandState::Queued.as_str()))
+            .filter(command::Column::ClaimToken.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Marks a command that expired before delivery.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn expire_command(&self, id: Uuid) -> Result<(), StoreError> {
+        command::Entity::update_many()
+            .col_expr(command::Column::State, Expr::value("expired"))
+            .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(
+                command::Column::Error,
+                Expr::value("expired before the device came online"),
+            )
+            .filter(command::Column::Id.eq(id))
+            .filter(command::Column::State.eq(CommandState::Queued.as_str()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The device dropped before answering a queued-delivery command: back to the queue (at-least-once), or
+    /// failed when it was sent and is not safe to repeat. Conditional on the claim, so a late report from
+    /// an old connection never touches a newer delivery.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn requeue_after_drop(
+        &self,
+        id: Uuid,
+        token: Option<Uuid>,
+        unsafe_to_repeat: bool,
+    ) -> Result<(), StoreError> {
+        let row = self.command(id).await?;
+        let was_sent = row.as_ref().is_some_and(|r| r.sent_at.is_some());
+        let mut update = command::Entity::update_many().filter(command::Column::Id.eq(id));
+        update = match token {
+            Some(token) => update.filter(command::Column::ClaimToken.eq(token)),
+            None => update.filter(command::Column::ClaimToken.is_null()),
+        };
+        if was_sent && unsafe_to_repeat {
+            update
+                .col_expr(
+                    command::Column::State,
+                    Expr::value(CommandState::Failed.as_str()),
+                )
+                .col_expr(
+                    command::Column::Error,
+                    Expr::value(
+                        "the device dropped after it was sent, and it is not safe to repeat",
+                    ),
+                )
+                .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
+                .exec(&self.db)
+                .await?;
+        } else {
+            update
+                .col_expr(
+                    command::Column::State,
+                    Expr::value(CommandState::Queued.as_str()),
+                )
+                .col_expr(
+                    command::Column::ClaimToken,
+                    Expr::value(Option::<Uuid>::None),
+                )
+                .col_expr(
+                    command::Column::SentAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+}
