@@ -114,6 +114,7 @@ async fn run(
                 };
             match crate::devices::tm20::dispatch::dispatch(
                 store,
+                &deps.events,
                 addr,
                 device,
                 *terminal_id,
@@ -142,6 +143,7 @@ async fn run(
                 };
             match crate::devices::ocpp::dispatch::dispatch(
                 store,
+                &deps.events,
                 addr,
                 device,
                 *charger_id,

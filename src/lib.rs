@@ -23,6 +23,7 @@ pub mod config;
 pub mod delivery;
 pub mod devices;
 pub mod error;
+pub mod events;
 pub mod registry;
 pub mod sim;
 pub mod startup;

@@ -102,6 +102,7 @@ impl Application {
             .or_else(|| settings.node_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let registry = Registry::new(cluster.clone()).start();
+        let events = crate::events::EventBus::new(node_id.clone());
         let grace = settings.shutdown_grace;
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {
@@ -113,6 +114,7 @@ impl Application {
                 store,
                 registry: registry.clone(),
                 settings: Arc::clone(&settings),
+                events: events.clone(),
             }),
             cluster: cluster.clone(),
             node_id: node_id.clone(),
@@ -120,6 +122,7 @@ impl Application {
         });
         spawn_message_log_pruning(state.store.clone(), settings.ocpp_message_retention_days);
         if let Some(cluster) = &cluster {
+            cluster.attach_events(events.clone());
             cluster.start(registry.clone(), api::commands::executor(state.clone()));
             tracing::info!(node = %node_id, "cluster mode: directory and command forwarding over redis");
         }

@@ -395,16 +395,23 @@ async fn run_local(
     };
     let charger = known(state, id).await?;
     let action_name = action.action();
-    let (command_id, outcome) =
-        dispatch::dispatch(&state.store, &session, id, charger.id, action, origin)
-            .await
-            .map_err(|err| match err {
-                DispatchError::NotConnected(_) => not_connected(),
-                DispatchError::QueueFull(_) => {
-                    ApiError::QueueFull(format!("charge point {id} has too many calls waiting"))
-                }
-                DispatchError::Store(err) => err.into(),
-            })?;
+    let (command_id, outcome) = dispatch::dispatch(
+        &state.store,
+        &state.session_deps.events,
+        &session,
+        id,
+        charger.id,
+        action,
+        origin,
+    )
+    .await
+    .map_err(|err| match err {
+        DispatchError::NotConnected(_) => not_connected(),
+        DispatchError::QueueFull(_) => {
+            ApiError::QueueFull(format!("charge point {id} has too many calls waiting"))
+        }
+        DispatchError::Store(err) => err.into(),
+    })?;
     if !wait {
         return Ok(Ran::Queued(command_id));
     }

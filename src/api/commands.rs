@@ -264,17 +264,24 @@ async fn run_local(
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::NotFound(format!("terminal {sn} is unknown")))?;
     let command_name = command.name();
-    let (id, outcome) =
-        dispatch::dispatch(&state.store, &session, sn, terminal.id, command, origin)
-            .await
-            .map_err(|err| match err {
-                DispatchError::NotConnected(_) => not_connected(),
-                DispatchError::QueueFull(_) => ApiError::QueueFull(format!(
-                    "terminal {sn} already has {} commands waiting; retry later",
-                    state.settings.command_queue_size
-                )),
-                DispatchError::Store(err) => err.into(),
-            })?;
+    let (id, outcome) = dispatch::dispatch(
+        &state.store,
+        &state.session_deps.events,
+        &session,
+        sn,
+        terminal.id,
+        command,
+        origin,
+    )
+    .await
+    .map_err(|err| match err {
+        DispatchError::NotConnected(_) => not_connected(),
+        DispatchError::QueueFull(_) => ApiError::QueueFull(format!(
+            "terminal {sn} already has {} commands waiting; retry later",
+            state.settings.command_queue_size
+        )),
+        DispatchError::Store(err) => err.into(),
+    })?;
     if !wait {
         return Ok(Ran::Queued(id));
     }

@@ -19,6 +19,7 @@ use crate::store::Store;
 
 mod chargers;
 pub mod commands;
+mod events;
 mod health;
 mod id_tags;
 mod nodes;
@@ -45,6 +46,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/pub/chat", web::get().to(websocket::tm20))
         .route("/ws/tm20", web::get().to(websocket::tm20))
+        .route("/ws/events", web::get().to(events::subscribe))
         .route("/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
         .service(
@@ -62,6 +64,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/commands/{id}", web::delete().to(commands::cancel))
                 .route("/connected", web::get().to(terminals::connected))
                 .route("/nodes", web::get().to(nodes::list))
+                .route("/events/publish", web::post().to(events::publish))
                 .route("/chargers", web::get().to(chargers::list))
                 .route("/chargers/{id}", web::get().to(chargers::detail))
                 .route("/chargers/{id}", web::patch().to(chargers::patch))
@@ -133,6 +136,28 @@ async fn require_token(
         }
         _ => Err(ApiError::Unauthorized.into()),
     }
+}
+
+/// The admin token from `Authorization: Bearer …` or `?token=` (for browsers' WebSocket API, which cannot
+/// set headers).
+pub(crate) fn token_ok(req: &HttpRequest, expected: &str) -> bool {
+    let from_header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+    let from_query =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("token").cloned());
+    from_header
+        .or(from_query)
+        .is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes()))
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guess was right.

@@ -102,6 +102,8 @@ struct Inner {
     /// Local devices, refreshed by the registry, for the announcement.
     devices: std::sync::atomic::AtomicUsize,
     registry: OnceLock<Addr<Registry>>,
+    /// Local live-events bus: events from other nodes are delivered to its subscribers.
+    events: OnceLock<crate::events::EventBus>,
     leaving: AtomicBool,
 }
 
@@ -152,6 +154,7 @@ impl Cluster {
                 dead: RwLock::new(HashSet::new()),
                 devices: std::sync::atomic::AtomicUsize::new(0),
                 registry: OnceLock::new(),
+                events: OnceLock::new(),
                 leaving: AtomicBool::new(false),
             }),
         })
@@ -176,6 +179,62 @@ impl Cluster {
 
     fn conn(&self) -> ConnectionManager {
         self.inner.conn.clone()
+    }
+
+    /// Connects the node's live-events bus: local events go to the other nodes on `{prefix}:live`, and theirs
+    /// come to local subscribers.
+    pub fn attach_events(&self, bus: crate::events::EventBus) {
+        let cluster = self.clone();
+        bus.set_remote(Arc::new(move |event| {
+            let cluster = cluster.clone();
+            actix_rt::spawn(async move { cluster.publish_live(&event, None).await });
+        }));
+        let _ = self.inner.events.set(bus);
+    }
+
+    /// Publishes a live event (or a push to one subscriber) to every node.
+    pub async fn publish_live(&self, event: &crate::events::Event, subscriber: Option<Uuid>) {
+        let payload = crate::events::RemoteEvent {
+            event: event.clone(),
+            subscriber,
+        };
+        let channel = self.key(&["live"]);
+        let result = async {
+            let text = serde_json::to_string(&payload)?;
+            let mut conn = self.conn();
+            let _: i64 = timed(
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(text)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            Ok::<_, ClusterError>(())
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::debug!(%err, "could not publish a live event to the cluster");
+        }
+    }
+
+    fn on_live(&self, payload: &str) {
+        let Some(bus) = self.inner.events.get() else {
+            return;
+        };
+        let Ok(remote) = serde_json::from_str::<crate::events::RemoteEvent>(payload) else {
+            tracing::warn!("malformed live event dropped");
+            return;
+        };
+        match remote.subscriber {
+            Some(id) => {
+                bus.deliver_to(id, &remote.event);
+            }
+            // Our own events were delivered locally when published.
+            None if remote.event.node == self.inner.node_id => {}
+            None => {
+                bus.deliver_local(&remote.event);
+            }
+        }
     }
 
     /// Starts the subscriber and heartbeat tasks on the current actix arbiter.
@@ -610,6 +669,7 @@ impl Cluster {
             self.key(&["cmd", &self.inner.node_id]),
             self.key(&["reply", &self.inner.node_id]),
             self.key(&["events"]),
+            self.key(&["live"]),
         ];
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -648,6 +708,8 @@ impl Cluster {
                     self.on_request(&payload, &executor);
                 } else if channel == channels[1] {
                     self.on_reply(&payload);
+                } else if channel == channels[3] {
+                    self.on_live(&payload);
                 } else {
                     self.on_event(&payload);
                 }

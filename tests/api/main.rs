@@ -5,6 +5,7 @@
 mod bad_input;
 mod cluster;
 mod commands;
+mod events;
 mod helpers;
 mod logs;
 mod ocpp;

@@ -38,6 +38,7 @@ pub enum Finished {
 /// Not connected, queue full (the row is then marked failed), or a database error.
 pub async fn dispatch(
     store: &Store,
+    events: &crate::events::EventBus,
     session: &actix::Addr<OcppSession>,
     charge_point_id: &str,
     charger_id: i32,
@@ -88,6 +89,8 @@ pub async fn dispatch(
     let (done_tx, done_rx) = oneshot::channel();
     actix_rt::spawn(track(
         store.clone(),
+        events.clone(),
+        charge_point_id.to_owned(),
         id,
         charger_id,
         name,
@@ -98,17 +101,20 @@ pub async fn dispatch(
     Ok((id, done_rx))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn track(
     store: Store,
+    events: crate::events::EventBus,
+    device: String,
     id: Uuid,
     charger_id: i32,
     action: &'static str,
     origin: Origin,
-    mut events: mpsc::Receiver<CommandEvent>,
+    mut progress: mpsc::Receiver<CommandEvent>,
     done: oneshot::Sender<Finished>,
 ) {
     let outcome = loop {
-        match events.recv().await {
+        match progress.recv().await {
             Some(CommandEvent::Sent(at)) => {
                 if let Err(err) = store.mark_command_sent(id, at).await {
                     tracing::warn!(%id, %err, "could not mark command sent");
@@ -167,5 +173,21 @@ async fn track(
     if let Err(err) = recorded {
         tracing::error!(%id, %err, "could not record an action's outcome");
     }
+    events
+        .counters()
+        .commands
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (event_state, payload) = match &finished {
+        Finished::Result(payload) => ("succeeded", payload.clone()),
+        Finished::Error(error) => ("failed", error.clone()),
+        Finished::TimedOut => ("timed_out", Value::Null),
+        Finished::Disconnected => ("failed", Value::Null),
+    };
+    events.publish(
+        "command",
+        Some(&device),
+        Some(super::DEVICE_KIND),
+        serde_json::json!({"id": id, "command": action, "state": event_state, "reply": payload}),
+    );
     let _ = done.send(finished);
 }

@@ -557,6 +557,13 @@ async fn handle_request(
                     reservation_id: start.reservation_id,
                 })
                 .await?;
+            deps.events.publish(
+                "transaction",
+                Some(cp),
+                Some(super::DEVICE_KIND),
+                json!({"event": "started", "transactionId": transaction_id, "connectorId": start.connector_id,
+                       "idTag": start.id_tag, "meterStart": start.meter_start, "idTagStatus": info["status"]}),
+            );
             Handled::plain(json!({"transactionId": transaction_id, "idTagInfo": info}))
         }
         CpRequest::StopTransaction(stop) => {
@@ -575,12 +582,15 @@ async fn handle_request(
                     &data,
                 )
                 .await?;
-            if stored.is_none() {
-                tracing::warn!(
-                    cp,
-                    transaction_id = stop.transaction_id,
-                    "StopTransaction for an unknown transaction"
-                );
+            match &stored {
+                None => tracing::warn!(cp, transaction_id = stop.transaction_id, "StopTransaction for an unknown transaction"),
+                Some(tx) => deps.events.publish(
+                    "transaction",
+                    Some(cp),
+                    Some(super::DEVICE_KIND),
+                    json!({"event": "stopped", "transactionId": tx.id, "connectorId": tx.connector_id,
+                           "meterStart": tx.meter_start, "meterStop": tx.meter_stop, "reason": tx.stop_reason}),
+                ),
             }
             match &stop.id_tag {
                 Some(tag) => Handled::plain(json!({"idTagInfo": id_tag_info(deps, tag).await?})),
@@ -588,14 +598,25 @@ async fn handle_request(
             }
         }
         CpRequest::MeterValues(values) => {
+            let rows = samples(&values.meter_value);
             store
                 .insert_meter_values(
                     charger_id,
                     values.connector_id,
                     values.transaction_id,
-                    &samples(&values.meter_value),
+                    &rows,
                 )
                 .await?;
+            let sampled: Vec<Value> = rows
+                .iter()
+                .map(|r| json!({"timestamp": r.timestamp, "measurand": r.measurand, "value": r.value, "unit": r.unit, "phase": r.phase}))
+                .collect();
+            deps.events.publish(
+                "meter",
+                Some(cp),
+                Some(super::DEVICE_KIND),
+                json!({"connectorId": values.connector_id, "transactionId": values.transaction_id, "values": sampled}),
+            );
             Handled::plain(json!({}))
         }
         CpRequest::StatusNotification(status) => {
@@ -610,6 +631,13 @@ async fn handle_request(
                     status.timestamp,
                 )
                 .await?;
+            deps.events.publish(
+                "status",
+                Some(cp),
+                Some(super::DEVICE_KIND),
+                json!({"connectorId": status.connector_id, "status": enum_text(&status.status),
+                       "errorCode": enum_text(&status.error_code), "info": status.info}),
+            );
             Handled::plain(json!({}))
         }
         // No vendor extensions are registered: the spec's answer for that.
@@ -650,6 +678,12 @@ impl Actor for OcppSession {
             act.ping_tick(ctx)
         });
         tracing::info!(cp = %self.charge_point_id, conn_id = self.conn_id, remote = %self.remote_addr, "charge point connected");
+        self.deps.events.publish(
+            "online",
+            Some(&self.charge_point_id),
+            Some(super::DEVICE_KIND),
+            json!({"remote_addr": self.remote_addr}),
+        );
         self.deps.registry.do_send(Register(Entry {
             conn_id: self.conn_id,
             addr: DeviceAddr::Ocpp(ctx.address()),
@@ -664,6 +698,12 @@ impl Actor for OcppSession {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         tracing::info!(cp = %self.charge_point_id, conn_id = self.conn_id, "charge point disconnected");
+        self.deps.events.publish(
+            "offline",
+            Some(&self.charge_point_id),
+            Some(super::DEVICE_KIND),
+            json!({}),
+        );
         self.deps.registry.do_send(Unregister {
             sn: self.charge_point_id.clone(),
             conn_id: self.conn_id,

@@ -45,6 +45,7 @@ pub enum Finished {
 /// when the terminal's queue is full (the row is then marked failed), or a database error.
 pub async fn dispatch(
     store: &Store,
+    events: &crate::events::EventBus,
     session: &actix::Addr<Tm20Session>,
     sn: &str,
     terminal_id: i32,
@@ -95,6 +96,8 @@ pub async fn dispatch(
     let store = store.clone();
     actix_rt::spawn(track(
         store,
+        events.clone(),
+        sn.to_owned(),
         id,
         terminal_id,
         Arc::new(command),
@@ -105,17 +108,20 @@ pub async fn dispatch(
     Ok((id, done_rx))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn track(
     store: Store,
+    events: crate::events::EventBus,
+    sn: String,
     id: Uuid,
     terminal_id: i32,
     command: Arc<Tm20Command>,
     origin: Origin,
-    mut events: mpsc::Receiver<CommandEvent>,
+    mut progress: mpsc::Receiver<CommandEvent>,
     done: oneshot::Sender<Finished>,
 ) {
     let outcome = loop {
-        match events.recv().await {
+        match progress.recv().await {
             Some(CommandEvent::Sent(at)) => {
                 if let Err(err) = store.mark_command_sent(id, at).await {
                     tracing::warn!(%id, %err, "could not mark command sent");
@@ -182,6 +188,14 @@ async fn track(
     if let Err(err) = recorded {
         tracing::error!(%id, %err, "could not record a command's outcome");
     }
+    publish_command(
+        &events,
+        &sn,
+        super::DEVICE_KIND,
+        id,
+        command.name(),
+        &finished,
+    );
     let _ = done.send(finished);
 }
 
@@ -229,4 +243,34 @@ fn int_field(value: &Value, key: &str) -> Option<i64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// The `command` event of a finished command (and the count behind the `stats` topic).
+fn publish_command(
+    events: &crate::events::EventBus,
+    device: &str,
+    kind: &str,
+    id: Uuid,
+    command: &str,
+    finished: &Finished,
+) {
+    events
+        .counters()
+        .commands
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (state, result, reply) = match finished {
+        Finished::Replied { result, reply } => (
+            if *result { "succeeded" } else { "failed" },
+            Some(*result),
+            reply.clone(),
+        ),
+        Finished::TimedOut => ("timed_out", None, Value::Null),
+        Finished::Disconnected => ("failed", None, Value::Null),
+    };
+    events.publish(
+        "command",
+        Some(device),
+        Some(kind),
+        json!({"id": id, "command": command, "state": state, "result": result, "reply": reply}),
+    );
 }

@@ -37,6 +37,7 @@ pub struct SessionDeps {
     pub store: Store,
     pub registry: Addr<Registry>,
     pub settings: Arc<Settings>,
+    pub events: crate::events::EventBus,
 }
 
 enum Phase {
@@ -260,6 +261,12 @@ impl Tm20Session {
                         connected_at: act.connected_at,
                     },
                 }));
+                act.deps.events.publish(
+                    "online",
+                    Some(&sn),
+                    Some(super::DEVICE_KIND),
+                    serde_json::json!({"remote_addr": act.remote_addr}),
+                );
                 // Commands queued while the terminal was away go out now (tm20.md §1.2: after the new reg).
                 if let Some(terminal_id) = terminal_id {
                     let target = crate::delivery::Target::Tm20 {
@@ -320,13 +327,14 @@ impl Tm20Session {
         let work = async move {
             let id = terminal_id.await?;
             let inserted = store.insert_logs(id, &records).await?;
-            Ok::<_, crate::store::StoreError>((id, inserted, records.len()))
+            Ok::<_, crate::store::StoreError>((id, inserted, records))
         };
         ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
             let answer = match result {
-                Ok((id, inserted, received)) => {
+                Ok((id, inserted, records)) => {
                     act.remember_terminal_id(id);
-                    tracing::debug!(sn = ?act.sn(), received, inserted, logindex, "attendance batch committed");
+                    tracing::debug!(sn = ?act.sn(), received = records.len(), inserted, logindex, "attendance batch committed");
+                    act.publish_attendance(&records);
                     protocol::sendlog_ack(count, logindex, act.deps.settings.device_now())
                 }
                 Err(err) => {
@@ -339,10 +347,26 @@ impl Tm20Session {
         }));
     }
 
+    /// One `attendance` event per committed record (without the snapshot photo, which can be 150 KB).
+    fn publish_attendance(&self, records: &[super::protocol::LogRecord]) {
+        let Some(sn) = self.sn() else {
+            return;
+        };
+        for record in records {
+            let mut data = record.raw.clone();
+            if let Some(fields) = data.as_object_mut() {
+                fields.remove("image");
+            }
+            self.deps
+                .events
+                .publish("attendance", Some(sn), Some(super::DEVICE_KIND), data);
+        }
+    }
+
     fn on_senduser(&mut self, user: SendUser, ctx: &mut Context<Self>) {
         let terminal_id = self.terminal_id_future();
         let store = self.deps.store.clone();
-        let (enrollid, backupnum) = (user.enrollid, user.backupnum);
+        let (enrollid, backupnum, name) = (user.enrollid, user.backupnum, user.name.clone());
         let upsert = UserUpsert {
             enrollid: user.enrollid,
             name: user.name,
@@ -359,6 +383,14 @@ impl Tm20Session {
             let answer = match result {
                 Ok(id) => {
                     act.remember_terminal_id(id);
+                    if let Some(sn) = act.sn() {
+                        act.deps.events.publish(
+                            "enrollment",
+                            Some(sn),
+                            Some(super::DEVICE_KIND),
+                            serde_json::json!({"enrollid": enrollid, "backupnum": backupnum, "name": name}),
+                        );
+                    }
                     protocol::senduser_ack(enrollid, backupnum, act.deps.settings.device_now())
                 }
                 Err(err) => {
@@ -501,6 +533,12 @@ impl Actor for Tm20Session {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         if let Phase::Registered { sn, .. } = &self.phase {
             tracing::info!(sn = %sn, conn_id = self.conn_id, "terminal disconnected");
+            self.deps.events.publish(
+                "offline",
+                Some(sn),
+                Some(super::DEVICE_KIND),
+                serde_json::json!({}),
+            );
             self.deps.registry.do_send(Unregister {
                 sn: sn.clone(),
                 conn_id: self.conn_id,
