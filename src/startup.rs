@@ -58,6 +58,9 @@ impl Stopper {
             cluster.leave().await;
         }
         let _ = self.registry.send(Shutdown { grace: self.grace }).await;
+        // Sessions just closed; let the writes they started (last_seen, command outcomes) finish before the
+        // workers' runtimes go away, so no database connection is dropped outside a runtime.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         self.server.stop(true).await;
         tracing::info!("graceful shutdown complete");
     }

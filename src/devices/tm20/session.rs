@@ -232,6 +232,20 @@ impl Tm20Session {
             // Answer before writing, as terminals expect (tm20.md §1.7): a slow database must not make the
             // terminal give up on the registration.
             let _ = outbox.text(protocol::reg_accepted(deps.settings.device_now()));
+            if let Some(known) = existing {
+                // A known terminal is reachable at once; refreshing its model, firmware and devinfo need
+                // not hold up commands (under write load that took seconds).
+                let store = deps.store.clone();
+                actix_rt::spawn(async move {
+                    if let Err(err) = store
+                        .record_registration(&reg.sn, reg.model(), reg.firmware(), reg.devinfo.clone())
+                        .await
+                    {
+                        tracing::warn!(sn = %reg.sn, %err, "could not refresh the terminal's registration data");
+                    }
+                });
+                return Ok(RegDecision::Accepted(Some(known.id)));
+            }
             let row = deps
                 .store
                 .record_registration(&reg.sn, reg.model(), reg.firmware(), reg.devinfo.clone())
@@ -240,7 +254,7 @@ impl Tm20Session {
                 Ok(row) => RegDecision::Accepted(Some(row.id)),
                 Err(err) => {
                     tracing::error!(sn = %reg.sn, %err, "could not record a registration; will retry on the next write");
-                    RegDecision::Accepted(existing.map(|t| t.id))
+                    RegDecision::Accepted(None)
                 }
             })
         };

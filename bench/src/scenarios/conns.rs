@@ -1,0 +1,119 @@
+//! `conns`: N terminals register and stay idle. Time to register all, registrations/s, the server's RSS before
+//! and after (per connection), and its CPU while they idle.
+
+use std::time::Duration;
+
+use super::{per_sec, percent, secs, CpuWindow, Ctx};
+use crate::fleet::{connect_all, run_prefix, serial_numbers};
+use crate::procfs;
+use crate::report::Report;
+
+/// Lets the server's allocator settle before RSS is read.
+const SETTLE: Duration = Duration::from_millis(1000);
+
+pub async fn run(ctx: &Ctx<'_>, devices: usize, idle_secs: f64) -> Result<Report, String> {
+    let server = ctx.server;
+    let mut report = Report::new("conns", format!("conns: {devices} idle terminals"));
+    ctx.describe(&mut report, devices);
+    tokio::time::sleep(SETTLE).await;
+    let rss_0 = server.rss_kib();
+
+    let sns = serial_numbers(&run_prefix('N'), devices);
+    let concurrency = ctx.common.concurrency;
+    let fleet = connect_all(&server.ws_url, &sns, concurrency, &ctx.pool, "reg").await?;
+    report.errors.merge(&fleet.errors);
+    let registered = fleet.registered;
+    let register_secs = fleet.elapsed.as_secs_f64();
+    let listed = ctx.wait_listed(&mut report, registered).await;
+
+    tokio::time::sleep(SETTLE).await;
+    let rss_n = server.rss_kib();
+    let bench_rss = procfs::rss_kib(std::process::id()).ok();
+
+    let window = CpuWindow::start(server);
+    tokio::time::sleep(Duration::from_secs_f64(idle_secs.max(0.1))).await;
+    let (wall, server_cpu, _) = window.stop(server);
+
+    let dropped = fleet.live().filter(|t| !t.is_connected()).count();
+    if dropped > 0 {
+        report.errors.add_with(
+            "dropped_while_idle",
+            format!("{dropped} terminals lost their socket while idle"),
+        );
+        report
+            .errors
+            .add_n("dropped_while_idle", dropped as u64 - 1);
+    }
+    let mut http = server.http();
+    let held = match server.connected_count(&mut http).await {
+        Ok(n) => {
+            if n != registered - dropped {
+                report.errors.add_with(
+                    "connected_mismatch",
+                    format!(
+                        "the server lists {n} connected, {} are",
+                        registered - dropped
+                    ),
+                );
+            }
+            Some(n)
+        }
+        Err(e) => {
+            report.errors.add_with("connected_query", e);
+            None
+        }
+    };
+
+    report.figure("devices", "devices", devices as u64, "");
+    report.figure("registered", "registered", registered as u64, "");
+    report.figure(
+        "server_connected",
+        "server lists connected",
+        held.map(|n| n as u64),
+        "",
+    );
+    report.figure("concurrency", "connect concurrency", concurrency as u64, "");
+    report.figure(
+        "register_secs",
+        "time to register all",
+        secs(fleet.elapsed),
+        "s",
+    );
+    report.figure(
+        "registrations_per_sec",
+        "registrations",
+        per_sec(registered as u64, register_secs),
+        "/s",
+    );
+    report.figure(
+        "listed_secs",
+        "time until the server lists all",
+        listed.map(|w| secs(fleet.elapsed + w)),
+        "s",
+    );
+    report.figure("reg_latency_ms", "", fleet.latency.to_json(), "");
+    report.figure("", "registration latency", fleet.latency.summary(), "");
+    report.figure("rss_kib_0", "server RSS at 0", rss_0, "KiB");
+    report.figure("rss_kib_n", "server RSS at N", rss_n, "KiB");
+    let per_conn = match (rss_0, rss_n) {
+        (Some(a), Some(b)) if registered > 0 => Some((b as f64 - a as f64) / registered as f64),
+        _ => None,
+    };
+    report.maybe(
+        "rss_kib_per_conn",
+        "server RSS per connection",
+        per_conn,
+        "KiB",
+    );
+    report.figure("idle_secs", "idle window", crate::stats::round3(wall), "s");
+    report.maybe(
+        "idle_cpu_percent",
+        "server CPU while idle",
+        percent(server_cpu, wall),
+        "% of a core",
+    );
+    report.figure("bench_rss_kib", "bench RSS at N", bench_rss, "KiB");
+    ctx.finish(&mut report);
+    fleet.close_all().await;
+    Ok(report)
+}
