@@ -61,6 +61,10 @@ pub struct Settings {
     #[arg(long, env = "COMMAND_QUEUE_MAX", default_value_t = 1000)]
     pub command_queue_max: u64,
 
+    /// Separate listener serving `/metrics` without the token (e.g. `127.0.0.1:9090`, internal networks).
+    #[arg(long, env = "GATEHOUSE_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
+
     /// Redis URL; setting it turns cluster mode on.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -140,6 +144,7 @@ impl Default for Settings {
             command_timeout: Duration::from_secs(10),
             command_queue_size: 32,
             command_queue_max: 1000,
+            metrics_bind: None,
             redis_url: None,
             redis_prefix: "gatehouse".into(),
             node_id: None,

@@ -29,3 +29,4 @@ pub mod sim;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod telemetry_metrics;

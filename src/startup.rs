@@ -72,6 +72,7 @@ impl Application {
     /// # Errors
     /// When the database cannot be opened or migrated, or the address cannot be bound.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        crate::telemetry_metrics::install();
         let store = Store::connect(&settings.database_url).await?;
         store.migrate().await?;
         let api_token = match settings.api_token.clone().filter(|t| !t.trim().is_empty()) {
@@ -152,6 +153,28 @@ impl Application {
         .disable_signals()
         .run();
         tracing::info!(port, node = %node_id, "gatehouse listening");
+        if let Some(addr) = settings
+            .metrics_bind
+            .as_deref()
+            .filter(|a| !a.trim().is_empty())
+        {
+            // Internal listener: no token, nothing but /metrics.
+            let metrics_server = HttpServer::new(|| {
+                App::new().route(
+                    "/metrics",
+                    web::get().to(|| async { api::metrics_response() }),
+                )
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(addr)
+            .map_err(|source| StartupError::Bind {
+                addr: addr.to_owned(),
+                source,
+            })?
+            .run();
+            actix_rt::spawn(metrics_server);
+        }
         let stopper = Stopper {
             server: server.handle(),
             registry,

@@ -355,7 +355,18 @@ pub(crate) async fn forward(
     } else {
         state.settings.command_timeout * 2
     };
-    match cluster.forward(route, request, patience).await {
+    let started = Instant::now();
+    let forwarded = cluster.forward(route, request, patience).await;
+    metrics::histogram!("gatehouse_forward_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    let outcome = match &forwarded {
+        Ok(_) => "answered",
+        Err(ForwardError::NodeDown(_)) => "node_down",
+        Err(ForwardError::Cluster(_)) => "redis_error",
+        Err(ForwardError::Deadline(_)) => "deadline",
+    };
+    metrics::counter!("gatehouse_forwarded_commands_total", "outcome" => outcome).increment(1);
+    match forwarded {
         Ok(ForwardOutcome::Queued { id }) => Ok(Ran::Queued(id)),
         Ok(ForwardOutcome::Finished { id, result, reply }) => Ok(Ran::Finished { id, result, reply }),
         Ok(ForwardOutcome::Error { status, body }) => Err(Answer::Raw {

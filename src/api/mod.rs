@@ -47,6 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/pub/chat", web::get().to(websocket::tm20))
         .route("/ws/tm20", web::get().to(websocket::tm20))
         .route("/ws/events", web::get().to(events::subscribe))
+        .route("/metrics", web::get().to(metrics_with_token))
         .route("/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
         .service(
@@ -104,6 +105,24 @@ async fn fallback(
         return websocket::tm20(req, body, state).await;
     }
     Err(not_found_error(&req).into())
+}
+
+/// `GET /metrics` on the main port: Prometheus text, behind the admin token.
+async fn metrics_with_token(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !token_ok(&req, &state.api_token) {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(metrics_response())
+}
+
+/// The Prometheus text answer.
+pub fn metrics_response() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::telemetry_metrics::render())
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -514,6 +514,7 @@ impl Cluster {
             dead.retain(|node| !live.contains(node));
             dead.extend(vanished.iter().cloned());
         }
+        metrics::gauge!("gatehouse_cluster_nodes").set(live.len() as f64);
         if let Ok(mut slot) = self.inner.live.write() {
             *slot = live;
         }
@@ -694,6 +695,7 @@ impl Cluster {
                 }
             };
             backoff = Duration::from_millis(100);
+            metrics::counter!("gatehouse_redis_reconnects_total").increment(1);
             tracing::info!(node = %self.inner.node_id, "subscribed to cluster channels");
             if let Some(registry) = self.inner.registry.get() {
                 registry.do_send(RefreshRoutes);

@@ -116,3 +116,18 @@ pub(crate) async fn reject_row(
             .await
     }
 }
+
+/// The `reason` label of `gatehouse_disconnects_total` for a socket we closed.
+pub fn disconnect_reason(code: actix_ws::CloseCode, reason: &str) -> &'static str {
+    use actix_ws::CloseCode;
+    match code {
+        CloseCode::Away => "shutdown",
+        CloseCode::Size | CloseCode::Protocol => "bad_input",
+        _ if reason.contains("replaced") => "replaced",
+        _ if reason.contains("timeout") || reason.contains("no reg") => "timeout",
+        _ if reason.contains("malformed") || reason.contains("serial number changed") => {
+            "bad_input"
+        }
+        _ => "closed",
+    }
+}

@@ -111,6 +111,7 @@ impl Subscription {
             if queue.len() >= SUBSCRIBER_QUEUE {
                 queue.pop_front();
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("gatehouse_events_dropped_total").increment(1);
             }
             queue.push_back(event);
         }
@@ -219,6 +220,7 @@ impl EventBus {
         });
         if let Ok(mut subscribers) = self.inner.subscribers.write() {
             subscribers.insert(subscription.id, Arc::clone(&subscription));
+            metrics::gauge!("gatehouse_event_subscribers").set(subscribers.len() as f64);
         }
         subscription
     }
@@ -226,6 +228,7 @@ impl EventBus {
     pub fn unsubscribe(&self, id: Uuid) {
         if let Ok(mut subscribers) = self.inner.subscribers.write() {
             subscribers.remove(&id);
+            metrics::gauge!("gatehouse_event_subscribers").set(subscribers.len() as f64);
         }
     }
 
@@ -281,6 +284,7 @@ impl EventBus {
                 delivered += 1;
             }
         }
+        metrics::counter!("gatehouse_events_sent_total").increment(delivered as u64);
         delivered
     }
 

@@ -20,6 +20,15 @@ use crate::devices::ocpp::session::OcppSession;
 use crate::devices::tm20::session::Tm20Session;
 use crate::devices::{CloseSession, Drain};
 
+/// The `kind` label of a protocol (`ocpp1.6` → `ocpp`).
+fn kind_label(protocol: &'static str) -> &'static str {
+    if protocol.starts_with("ocpp") {
+        "ocpp"
+    } else {
+        protocol
+    }
+}
+
 /// Unique per node for the life of the process; identifies one socket's registration.
 pub type ConnId = u64;
 
@@ -77,14 +86,29 @@ pub struct Registry {
     /// from another node, or shutdown.
     devices: HashMap<String, Held>,
     cluster: Option<Cluster>,
+    /// Sockets held per protocol, for the `gatehouse_devices_connected` gauge (kept incrementally).
+    per_kind: HashMap<&'static str, i64>,
 }
 
 impl Registry {
     pub fn new(cluster: Option<Cluster>) -> Self {
-        Registry {
+        let mut registry = Registry {
             devices: HashMap::new(),
             cluster,
+            per_kind: HashMap::new(),
+        };
+        // Present from the start, so dashboards show 0 rather than nothing.
+        for protocol in ["tm20", crate::devices::ocpp::PROTOCOL] {
+            registry.count(protocol, 0);
         }
+        registry
+    }
+
+    fn count(&mut self, protocol: &'static str, delta: i64) {
+        let n = self.per_kind.entry(protocol).or_insert(0);
+        *n += delta;
+        metrics::gauge!("gatehouse_devices_connected", "kind" => kind_label(protocol))
+            .set(*n as f64);
     }
 
     /// Applies the directory's answer to a claim made for connection `conn_id` of `sn`.
@@ -112,6 +136,7 @@ impl Registry {
             (Some(_), Ok(Claim::Lost { node, epoch })) => {
                 tracing::info!(sn = %sn, node = %node, epoch, "a newer connection on another node holds this device");
                 if let Some(held) = self.devices.remove(&sn) {
+                    self.count(held.entry.info.protocol, -1);
                     held.entry.addr.close(
                         CloseCode::Policy,
                         format!("replaced by a newer connection on node {node}"),
@@ -235,15 +260,24 @@ impl Handler<Register> for Registry {
         let sn = entry.info.sn.clone();
         let conn_id = entry.conn_id;
         let info = entry.info.clone();
+        metrics::counter!("gatehouse_registrations_total", "kind" => kind_label(info.protocol))
+            .increment(1);
+        self.count(info.protocol, 1);
         let replaced = match self.devices.insert(sn.clone(), Held { entry, epoch: None }) {
             Some(old) if old.entry.conn_id != conn_id => {
+                self.count(old.entry.info.protocol, -1);
                 tracing::info!(sn = %sn, old_conn = old.entry.conn_id, conn_id, "replacing the older connection of this serial number");
                 old.entry
                     .addr
                     .close(CloseCode::Policy, "replaced by a newer connection".into());
                 true
             }
-            _ => false,
+            Some(same) => {
+                // The same connection registering twice: it was counted already.
+                self.count(same.entry.info.protocol, -1);
+                false
+            }
+            None => false,
         };
         if let Some(cluster) = &self.cluster {
             cluster.set_local_devices(self.devices.len());
@@ -265,6 +299,7 @@ impl Handler<Unregister> for Registry {
             .is_some_and(|held| held.entry.conn_id == msg.conn_id)
         {
             if let Some(held) = self.devices.remove(&msg.sn) {
+                self.count(held.entry.info.protocol, -1);
                 self.release(msg.sn, held.epoch);
             }
             if let Some(cluster) = &self.cluster {
@@ -310,6 +345,7 @@ impl Handler<RemoteRegistered> for Registry {
         if older {
             tracing::info!(sn = %msg.sn, node = %msg.node, "device reconnected to another node; closing the local socket");
             if let Some(held) = self.devices.remove(&msg.sn) {
+                self.count(held.entry.info.protocol, -1);
                 held.entry.addr.close(
                     CloseCode::Policy,
                     format!("replaced by a newer connection on node {}", msg.node),

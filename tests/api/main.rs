@@ -8,6 +8,7 @@ mod commands;
 mod events;
 mod helpers;
 mod logs;
+mod metrics;
 mod ocpp;
 mod queue;
 mod registration;

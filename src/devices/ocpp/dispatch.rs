@@ -113,6 +113,7 @@ async fn track(
     mut progress: mpsc::Receiver<CommandEvent>,
     done: oneshot::Sender<Finished>,
 ) {
+    let started = std::time::Instant::now();
     let outcome = loop {
         match progress.recv().await {
             Some(CommandEvent::Sent(at)) => {
@@ -177,6 +178,10 @@ async fn track(
         .counters()
         .commands
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!("gatehouse_commands_total", "kind" => super::DEVICE_KIND, "command" => action, "outcome" => state.as_str())
+        .increment(1);
+    metrics::histogram!("gatehouse_command_duration_seconds", "kind" => super::DEVICE_KIND)
+        .record(started.elapsed().as_secs_f64());
     let (event_state, payload) = match &finished {
         Finished::Result(payload) => ("succeeded", payload.clone()),
         Finished::Error(error) => ("failed", error.clone()),

@@ -83,6 +83,8 @@ pub struct OcppSession {
     closing: bool,
     /// Queued actions are delivered once per connection, after the first CALL the charger sent.
     delivery_started: bool,
+    /// Why the socket ended, for `gatehouse_disconnects_total`.
+    disconnect_reason: &'static str,
 }
 
 impl OcppSession {
@@ -111,12 +113,17 @@ impl OcppSession {
             draining: false,
             closing: false,
             delivery_started: false,
+            disconnect_reason: "closed",
         }
     }
 
     fn send_text(&mut self, text: String, ctx: &mut Context<Self>) -> bool {
         match self.outbox.text(text) {
-            Ok(()) => true,
+            Ok(()) => {
+                metrics::counter!("gatehouse_frames_out_total", "kind" => super::DEVICE_KIND)
+                    .increment(1);
+                true
+            }
             Err(err) => {
                 tracing::warn!(cp = %self.charge_point_id, %err, "closing a charge point that does not read");
                 ctx.stop();
@@ -129,6 +136,7 @@ impl OcppSession {
         if std::mem::replace(&mut self.closing, true) {
             return;
         }
+        self.disconnect_reason = crate::devices::disconnect_reason(code, reason);
         tracing::info!(cp = %self.charge_point_id, reason, "closing charge point socket");
         let _ = self.outbox.send(OutFrame::Close(code, reason.to_owned()));
         ctx.stop();
@@ -182,6 +190,8 @@ impl OcppSession {
         let frame = match framing::parse_frame(&text) {
             Ok(frame) => frame,
             Err(err) => {
+                metrics::counter!("gatehouse_bad_frames_total", "kind" => super::DEVICE_KIND)
+                    .increment(1);
                 tracing::warn!(cp = %self.charge_point_id, code = ?err.code, description = %err.description, "malformed OCPP frame");
                 let id = err.id.clone().unwrap_or_default();
                 self.send_text(
@@ -224,6 +234,11 @@ impl OcppSession {
                 ctx,
             );
             return;
+        }
+        if let Some(known) = messages::CP_ACTIONS.iter().find(|a| **a == action) {
+            metrics::counter!("gatehouse_ocpp_messages_total", "action" => *known).increment(1);
+        } else {
+            metrics::counter!("gatehouse_ocpp_messages_total", "action" => "unknown").increment(1);
         }
         let request = match messages::parse_cp_request(
             &action,
@@ -599,14 +614,17 @@ async fn handle_request(
         }
         CpRequest::MeterValues(values) => {
             let rows = samples(&values.meter_value);
-            store
-                .insert_meter_values(
+            let stored = crate::telemetry_metrics::db_write(
+                "meter_values",
+                store.insert_meter_values(
                     charger_id,
                     values.connector_id,
                     values.transaction_id,
                     &rows,
-                )
-                .await?;
+                ),
+            )
+            .await?;
+            metrics::counter!("gatehouse_meter_values_total").increment(stored);
             let sampled: Vec<Value> = rows
                 .iter()
                 .map(|r| json!({"timestamp": r.timestamp, "measurand": r.measurand, "value": r.value, "unit": r.unit, "phase": r.phase}))
@@ -697,6 +715,8 @@ impl Actor for OcppSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::counter!("gatehouse_disconnects_total", "kind" => super::DEVICE_KIND, "reason" => self.disconnect_reason)
+            .increment(1);
         tracing::info!(cp = %self.charge_point_id, conn_id = self.conn_id, "charge point disconnected");
         self.deps.events.publish(
             "offline",
@@ -725,6 +745,7 @@ impl StreamHandler<WsEvent> for OcppSession {
     fn handle(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
         self.last_frame = Instant::now();
         self.seen_since_persist = true;
+        metrics::counter!("gatehouse_frames_in_total", "kind" => super::DEVICE_KIND).increment(1);
         match event {
             WsEvent::Text(text) => self.on_text(text, ctx),
             WsEvent::Binary(_) => {

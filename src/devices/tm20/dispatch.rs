@@ -120,6 +120,7 @@ async fn track(
     mut progress: mpsc::Receiver<CommandEvent>,
     done: oneshot::Sender<Finished>,
 ) {
+    let started = std::time::Instant::now();
     let outcome = loop {
         match progress.recv().await {
             Some(CommandEvent::Sent(at)) => {
@@ -196,6 +197,10 @@ async fn track(
         command.name(),
         &finished,
     );
+    metrics::counter!("gatehouse_commands_total", "kind" => super::DEVICE_KIND, "command" => command.name(), "outcome" => state.as_str())
+        .increment(1);
+    metrics::histogram!("gatehouse_command_duration_seconds", "kind" => super::DEVICE_KIND)
+        .record(started.elapsed().as_secs_f64());
     let _ = done.send(finished);
 }
 

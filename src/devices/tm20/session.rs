@@ -66,6 +66,8 @@ pub struct Tm20Session {
     draining: bool,
     /// The close frame is queued; nothing more is sent.
     closing: bool,
+    /// Why the socket ended, for `gatehouse_disconnects_total` (the peer closed it unless we did).
+    disconnect_reason: &'static str,
 }
 
 /// A command waiting for its turn or in flight; `events` reports its progress to the dispatcher.
@@ -118,6 +120,7 @@ impl Tm20Session {
             in_flight: None,
             draining: false,
             closing: false,
+            disconnect_reason: "closed",
         }
     }
 
@@ -131,7 +134,11 @@ impl Tm20Session {
     /// Queues a text frame; a device too slow to read its answers is closed rather than buffered.
     fn send_text(&mut self, text: String, ctx: &mut Context<Self>) -> bool {
         match self.outbox.text(text) {
-            Ok(()) => true,
+            Ok(()) => {
+                metrics::counter!("gatehouse_frames_out_total", "kind" => super::DEVICE_KIND)
+                    .increment(1);
+                true
+            }
             Err(err) => {
                 tracing::warn!(sn = ?self.sn(), conn_id = self.conn_id, %err, "closing a terminal that does not read");
                 ctx.stop();
@@ -144,6 +151,7 @@ impl Tm20Session {
         if std::mem::replace(&mut self.closing, true) {
             return;
         }
+        self.disconnect_reason = crate::devices::disconnect_reason(code, reason);
         tracing::info!(sn = ?self.sn(), conn_id = self.conn_id, reason, "closing terminal socket");
         let _ = self.outbox.send(OutFrame::Close(code, reason.to_owned()));
         ctx.stop();
@@ -157,6 +165,8 @@ impl Tm20Session {
             }
             Err(err) => {
                 self.bad_frames += 1;
+                metrics::counter!("gatehouse_bad_frames_total", "kind" => super::DEVICE_KIND)
+                    .increment(1);
                 let cmd = err.cmd().map(str::to_owned).or_else(|| sniff_cmd(&text));
                 tracing::warn!(sn = ?self.sn(), conn_id = self.conn_id, %err, cmd = ?cmd, bytes = text.len(), "malformed terminal frame");
                 if let Some(cmd) = cmd {
@@ -238,7 +248,12 @@ impl Tm20Session {
                 let store = deps.store.clone();
                 actix_rt::spawn(async move {
                     if let Err(err) = store
-                        .record_registration(&reg.sn, reg.model(), reg.firmware(), reg.devinfo.clone())
+                        .record_registration(
+                            &reg.sn,
+                            reg.model(),
+                            reg.firmware(),
+                            reg.devinfo.clone(),
+                        )
                         .await
                     {
                         tracing::warn!(sn = %reg.sn, %err, "could not refresh the terminal's registration data");
@@ -340,7 +355,12 @@ impl Tm20Session {
         let records = batch.records;
         let work = async move {
             let id = terminal_id.await?;
-            let inserted = store.insert_logs(id, &records).await?;
+            let inserted = crate::telemetry_metrics::db_write(
+                "attendance_logs",
+                store.insert_logs(id, &records),
+            )
+            .await?;
+            metrics::counter!("gatehouse_attendance_records_total").increment(inserted);
             Ok::<_, crate::store::StoreError>((id, inserted, records))
         };
         ctx.wait(work.into_actor(self).map(move |result, act, ctx| {
@@ -545,6 +565,10 @@ impl Actor for Tm20Session {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if matches!(self.phase, Phase::Registered { .. }) {
+            metrics::counter!("gatehouse_disconnects_total", "kind" => super::DEVICE_KIND, "reason" => self.disconnect_reason)
+                .increment(1);
+        }
         if let Phase::Registered { sn, .. } = &self.phase {
             tracing::info!(sn = %sn, conn_id = self.conn_id, "terminal disconnected");
             self.deps.events.publish(
@@ -575,6 +599,7 @@ impl StreamHandler<WsEvent> for Tm20Session {
     fn handle(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
         self.last_frame = Instant::now();
         self.seen_since_persist = true;
+        metrics::counter!("gatehouse_frames_in_total", "kind" => super::DEVICE_KIND).increment(1);
         match event {
             WsEvent::Text(text) => self.on_text(text, ctx),
             WsEvent::Binary(len) => {
