@@ -117,6 +117,11 @@ pub struct Settings {
     #[arg(long, env = "OCPP_MAX_FRAME_BYTES", default_value_t = 1_048_576)]
     pub ocpp_max_frame_bytes: usize,
 
+    /// Second bearer token, accepted by `POST /api/accounts/rfid-login` only (for kiosks, which should not hold
+    /// the admin token). Unset: only the admin token works there.
+    #[arg(long, env = "RFID_LOGIN_TOKEN", hide_env_values = true)]
+    pub rfid_login_token: Option<String>,
+
     /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
@@ -151,6 +156,7 @@ impl Default for Settings {
             ocpp_accept_unknown_tags: false,
             ocpp_message_retention_days: 30,
             ocpp_max_frame_bytes: 1_048_576,
+            rfid_login_token: None,
         }
     }
 }

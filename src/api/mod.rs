@@ -1,5 +1,6 @@
 //! The REST API: one route table ([`configure`]), one file per resource. Every `/api/` route needs the bearer
-//! token; every answer is JSON, errors included.
+//! token (`/api/accounts/rfid-login` takes the kiosk's `RFID_LOGIN_TOKEN` as well); every answer is JSON,
+//! errors included.
 
 use std::sync::Arc;
 
@@ -17,11 +18,13 @@ use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::store::Store;
 
+mod accounts;
 mod chargers;
 pub mod commands;
 mod health;
 mod id_tags;
 mod nodes;
+mod subscriptions;
 mod terminals;
 pub mod websocket;
 
@@ -47,6 +50,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ws/tm20", web::get().to(websocket::tm20))
         .route("/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
+        // Before the `/api` scope, whose admin-token guard would refuse a kiosk's RFID_LOGIN_TOKEN.
+        .service(
+            web::resource("/api/accounts/rfid-login")
+                .wrap(from_fn(accounts::require_login_token))
+                .route(web::post().to(accounts::rfid_login))
+                .default_service(web::to(method_not_allowed)),
+        )
         .service(
             web::scope("/api")
                 .wrap(from_fn(require_token))
@@ -78,6 +88,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/id-tags/{tag}", web::get().to(id_tags::get))
                 .route("/id-tags/{tag}", web::patch().to(id_tags::patch))
                 .route("/id-tags/{tag}", web::delete().to(id_tags::delete))
+                .route("/accounts", web::get().to(accounts::list))
+                .route("/accounts", web::post().to(accounts::create))
+                .route("/accounts/{id}", web::get().to(accounts::get))
+                .route("/accounts/{id}", web::patch().to(accounts::patch))
+                .route("/accounts/{id}", web::delete().to(accounts::delete))
+                // `products` and `subscribe` before `{id}`, which they would otherwise match.
+                .route(
+                    "/subscriptions/products",
+                    web::get().to(subscriptions::list_products),
+                )
+                .route(
+                    "/subscriptions/products",
+                    web::post().to(subscriptions::create_product),
+                )
+                .route(
+                    "/subscriptions/products/{id}",
+                    web::get().to(subscriptions::get_product),
+                )
+                .route(
+                    "/subscriptions/products/{id}",
+                    web::patch().to(subscriptions::patch_product),
+                )
+                .route(
+                    "/subscriptions/products/{id}",
+                    web::delete().to(subscriptions::delete_product),
+                )
+                .route(
+                    "/subscriptions/subscribe",
+                    web::post().to(subscriptions::subscribe),
+                )
+                .route("/subscriptions", web::get().to(subscriptions::list))
+                .route("/subscriptions/{id}", web::get().to(subscriptions::get))
+                .route(
+                    "/subscriptions/{id}/cancel",
+                    web::post().to(subscriptions::cancel),
+                )
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(fallback));
@@ -105,6 +151,10 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(not_found_error(&req))
 }
 
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
 fn not_found_error(req: &HttpRequest) -> ApiError {
     ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
 }
@@ -117,20 +167,23 @@ async fn require_token(
         .app_data::<web::Data<AppState>>()
         .map(|state| state.api_token.clone())
         .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    match presented {
+    match bearer_token(req.headers()) {
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
             next.call(req).await
         }
         _ => Err(ApiError::Unauthorized.into()),
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer_token(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guess was right.
