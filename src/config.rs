@@ -117,6 +117,11 @@ pub struct Settings {
     #[arg(long, env = "OCPP_MAX_FRAME_BYTES", default_value_t = 1_048_576)]
     pub ocpp_max_frame_bytes: usize,
 
+    /// 1: Authorize / StartTransaction (every idTagInfo) answer Blocked for a tag whose account has no active
+    /// subscription, and for a tag without an account.
+    #[arg(long, env = "OCPP_REQUIRE_SUBSCRIPTION", default_value = "0", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ocpp_require_subscription: bool,
+
     /// Second bearer token, accepted by `POST /api/accounts/rfid-login` only (for kiosks, which should not hold
     /// the admin token). Unset: only the admin token works there.
     #[arg(long, env = "RFID_LOGIN_TOKEN", hide_env_values = true)]
@@ -156,6 +161,7 @@ impl Default for Settings {
             ocpp_accept_unknown_tags: false,
             ocpp_message_retention_days: 30,
             ocpp_max_frame_bytes: 1_048_576,
+            ocpp_require_subscription: false,
             rfid_login_token: None,
         }
     }
