@@ -21,6 +21,7 @@ use crate::store::Store;
 mod accounts;
 mod chargers;
 pub mod commands;
+mod echo;
 mod health;
 mod id_tags;
 mod nodes;
@@ -50,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ws/tm20", web::get().to(websocket::tm20))
         .route("/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
+        .route("/ws/echo", web::get().to(echo::echo))
         // Before the `/api` scope, whose admin-token guard would refuse a kiosk's RFID_LOGIN_TOKEN.
         .service(
             web::resource("/api/accounts/rfid-login")
