@@ -12,6 +12,10 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://gatehouse.db?mode=rwc";
 /// base64 inside a `senduser`/`sendlog` frame; the vendor's own server allows 2,048,000 bytes, so we match it.
 pub const DEFAULT_TM20_MAX_FRAME_BYTES: usize = 2_048_000;
 
+/// Largest frame the installer's echo socket takes: enough for any check of a proxy's path, small enough that
+/// an open, unauthenticated endpoint cannot be used to park memory (64 queued frames per socket at most).
+pub const DEFAULT_ECHO_MAX_FRAME_BYTES: usize = 65_536;
+
 /// Settings of `gatehouse serve`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Settings {
@@ -125,6 +129,28 @@ pub struct Settings {
     #[arg(long, env = "OCPP_MAX_FRAME_BYTES", default_value_t = 1_048_576)]
     pub ocpp_max_frame_bytes: usize,
 
+    /// 1: Authorize / StartTransaction (every idTagInfo) answer Blocked for a tag whose account has no active
+    /// subscription, and for a tag without an account.
+    #[arg(long, env = "OCPP_REQUIRE_SUBSCRIPTION", default_value = "0", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ocpp_require_subscription: bool,
+
+    /// Second bearer token, accepted by `POST /api/accounts/rfid-login` only (for kiosks, which should not hold
+    /// the admin token). Unset: only the admin token works there.
+    #[arg(long, env = "RFID_LOGIN_TOKEN", hide_env_values = true)]
+    pub rfid_login_token: Option<String>,
+
+    /// 1: `GET /ws/echo` echoes every frame back (no auth); 0: it answers 404.
+    #[arg(long, env = "ECHO_ENABLED", default_value = "1", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub echo_enabled: bool,
+
+    /// Largest message the echo socket takes, in bytes; a larger one closes the socket with 1009.
+    #[arg(long, env = "ECHO_MAX_FRAME_BYTES", default_value_t = DEFAULT_ECHO_MAX_FRAME_BYTES)]
+    pub echo_max_frame_bytes: usize,
+
+    /// Seconds an echo socket may stay silent (or unable to take our answer) before it is closed.
+    #[arg(long, env = "ECHO_IDLE_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
+    pub echo_idle_timeout: Duration,
+
     /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
@@ -161,6 +187,11 @@ impl Default for Settings {
             ocpp_accept_unknown_tags: false,
             ocpp_message_retention_days: 30,
             ocpp_max_frame_bytes: 1_048_576,
+            ocpp_require_subscription: false,
+            rfid_login_token: None,
+            echo_enabled: true,
+            echo_max_frame_bytes: DEFAULT_ECHO_MAX_FRAME_BYTES,
+            echo_idle_timeout: Duration::from_secs(60),
         }
     }
 }

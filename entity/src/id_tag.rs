@@ -12,6 +12,9 @@ pub struct Model {
     pub expires_at: Option<DateTimeUtc>,
     pub parent: Option<String>,
     pub owner: Option<String>,
+    /// The account owning this tag (RFID login, subscriptions); no foreign key so that SQLite could add the
+    /// column in place; deleting an account clears it.
+    pub account_id: Option<i32>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -1,5 +1,6 @@
 //! sea-orm entities: table shapes only. Queries and writes live in the server's `store` module.
 
+pub mod account;
 pub mod attendance_log;
 pub mod biometric_credential;
 pub mod biometric_user;
@@ -10,5 +11,7 @@ pub mod connector_status_history;
 pub mod id_tag;
 pub mod meter_value;
 pub mod ocpp_message;
+pub mod product;
+pub mod subscription;
 pub mod terminal;
 pub mod transaction;

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_tm20_tables;
 mod m20261122_000002_create_ocpp_tables;
 mod m20261122_000003_add_command_delivery;
+mod m20261122_015600_create_account_tables;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_tm20_tables::Migration),
             Box::new(m20261122_000002_create_ocpp_tables::Migration),
             Box::new(m20261122_000003_add_command_delivery::Migration),
+            Box::new(m20261122_015600_create_account_tables::Migration),
         ]
     }
 }

@@ -21,6 +21,7 @@ fn tag_json(t: &id_tag::Model) -> Value {
         "expires_at": t.expires_at,
         "parent": t.parent,
         "owner": t.owner,
+        "account_id": t.account_id,
         "created_at": t.created_at,
         "updated_at": t.updated_at,
     })
@@ -37,10 +38,31 @@ pub struct TagBody {
     parent: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     owner: Option<Option<String>>,
+    /// The owning account; `null` detaches the tag.
+    #[serde(default, deserialize_with = "present")]
+    account_id: Option<Option<i32>>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+/// Distinguishes `"field": null` (clear it) from an absent field (keep it).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// An account named in the body must exist (400 with `field`, as for any other invalid value).
+async fn check_account(state: &AppState, body: &TagBody) -> Result<(), ApiError> {
+    if let Some(Some(id)) = body.account_id {
+        if state.store.account(id).await?.is_none() {
+            return Err(ApiError::InvalidParams {
+                field: "account_id".into(),
+                message: format!("account {id} does not exist"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn validate_tag(field: &str, tag: &str) -> Result<(), ApiError> {
@@ -75,6 +97,7 @@ fn fields(body: &TagBody) -> Result<IdTagFields, ApiError> {
         expires_at,
         parent: body.parent.clone(),
         owner: body.owner.clone(),
+        account_id: body.account_id,
     })
 }
 
@@ -102,6 +125,7 @@ pub async fn create(
     })?;
     validate_tag("tag", &tag)?;
     let fields = fields(&body)?;
+    check_account(&state, &body).await?;
     match state.store.create_id_tag(&tag, fields).await? {
         Some(row) => Ok(HttpResponse::Created().json(tag_json(&row))),
         None => Err(ApiError::Conflict(format!(
@@ -136,9 +160,11 @@ pub async fn patch(
             message: "a tag cannot be renamed; create the new one".into(),
         });
     }
+    let fields = fields(&body)?;
+    check_account(&state, &body).await?;
     let row = state
         .store
-        .patch_id_tag(&tag, fields(&body)?)
+        .patch_id_tag(&tag, fields)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("id tag {tag} is unknown")))?;
     Ok(HttpResponse::Ok().json(tag_json(&row)))

@@ -1,5 +1,6 @@
 //! The REST API: one route table ([`configure`]), one file per resource. Every `/api/` route needs the bearer
-//! token; every answer is JSON, errors included.
+//! token (`/api/accounts/rfid-login` takes the kiosk's `RFID_LOGIN_TOKEN` as well); every answer is JSON,
+//! errors included.
 
 use std::sync::Arc;
 
@@ -17,12 +18,15 @@ use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::store::Store;
 
+mod accounts;
 mod chargers;
 pub mod commands;
+mod echo;
 mod events;
 mod health;
 mod id_tags;
 mod nodes;
+mod subscriptions;
 mod terminals;
 pub mod websocket;
 
@@ -50,6 +54,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics_with_token))
         .route("/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
+        .route("/ws/echo", web::get().to(echo::echo))
+        // Before the `/api` scope, whose admin-token guard would refuse a kiosk's RFID_LOGIN_TOKEN.
+        .service(
+            web::resource("/api/accounts/rfid-login")
+                .wrap(from_fn(accounts::require_login_token))
+                .route(web::post().to(accounts::rfid_login))
+                .default_service(web::to(method_not_allowed)),
+        )
         .service(
             web::scope("/api")
                 .wrap(from_fn(require_token))
@@ -84,6 +96,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/id-tags/{tag}", web::get().to(id_tags::get))
                 .route("/id-tags/{tag}", web::patch().to(id_tags::patch))
                 .route("/id-tags/{tag}", web::delete().to(id_tags::delete))
+                .route("/accounts", web::get().to(accounts::list))
+                .route("/accounts", web::post().to(accounts::create))
+                .route("/accounts/{id}", web::get().to(accounts::get))
+                .route("/accounts/{id}", web::patch().to(accounts::patch))
+                .route("/accounts/{id}", web::delete().to(accounts::delete))
+                // `products` and `subscribe` before `{id}`, which they would otherwise match.
+                .route(
+                    "/subscriptions/products",
+                    web::get().to(subscriptions::list_products),
+                )
+                .route(
+                    "/subscriptions/products",
+                    web::post().to(subscriptions::create_product),
+                )
+                .route(
+                    "/subscriptions/products/{id}",
+                    web::get().to(subscriptions::get_product),
+                )
+                .route(
+                    "/subscriptions/products/{id}",
+                    web::patch().to(subscriptions::patch_product),
+                )
+                .route(
+                    "/subscriptions/products/{id}",
+                    web::delete().to(subscriptions::delete_product),
+                )
+                .route(
+                    "/subscriptions/subscribe",
+                    web::post().to(subscriptions::subscribe),
+                )
+                .route("/subscriptions", web::get().to(subscriptions::list))
+                .route("/subscriptions/{id}", web::get().to(subscriptions::get))
+                .route(
+                    "/subscriptions/{id}/cancel",
+                    web::post().to(subscriptions::cancel),
+                )
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(fallback));
@@ -129,6 +177,10 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(not_found_error(&req))
 }
 
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
 fn not_found_error(req: &HttpRequest) -> ApiError {
     ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
 }
@@ -141,15 +193,7 @@ async fn require_token(
         .app_data::<web::Data<AppState>>()
         .map(|state| state.api_token.clone())
         .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    match presented {
+    match bearer_token(req.headers()) {
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
             next.call(req).await
         }
@@ -157,24 +201,26 @@ async fn require_token(
     }
 }
 
-/// The admin token from `Authorization: Bearer …` or `?token=` (for browsers' WebSocket API, which cannot
-/// set headers).
-pub(crate) fn token_ok(req: &HttpRequest, expected: &str) -> bool {
-    let from_header = req
-        .headers()
+/// The token of an `Authorization: Bearer …` header.
+fn bearer_token(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_owned())
-        });
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
+/// The admin token from `Authorization: Bearer …` or `?token=` (for browsers' WebSocket API, which cannot
+/// set headers).
+pub(crate) fn token_ok(req: &HttpRequest, expected: &str) -> bool {
     let from_query =
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
             .ok()
             .and_then(|q| q.get("token").cloned());
-    from_header
+    bearer_token(req.headers())
+        .map(str::to_owned)
         .or(from_query)
         .is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes()))
 }

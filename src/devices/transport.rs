@@ -18,7 +18,7 @@ pub const OUTBOX_CAPACITY: usize = 64;
 #[derive(Debug)]
 pub enum WsEvent {
     Text(String),
-    Binary(usize),
+    Binary(web::Bytes),
     Ping(Vec<u8>),
     Pong,
     /// The peer closed; its reason text if any.
@@ -34,9 +34,10 @@ pub enum WsFailure {
 }
 
 /// What a session actor sends to its socket.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum OutFrame {
     Text(String),
+    Binary(web::Bytes),
     Ping,
     Pong(Vec<u8>),
     Close(CloseCode, String),
@@ -66,6 +67,15 @@ impl Outbox {
             mpsc::error::TrySendError::Full(_) => OutboxError::Full,
             mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
         })
+    }
+
+    /// Queues a frame, waiting while the queue is full: for peers whose own reading pace should set ours (the
+    /// echo socket), where a burst of frames must not be mistaken for a peer that stopped reading.
+    ///
+    /// # Errors
+    /// [`OutboxError::Closed`] when the writer ended.
+    pub async fn send_wait(&self, frame: OutFrame) -> Result<(), OutboxError> {
+        self.tx.send(frame).await.map_err(|_| OutboxError::Closed)
     }
 
     pub fn text(&self, text: impl Into<String>) -> Result<(), OutboxError> {
@@ -122,7 +132,7 @@ fn start((response, session, stream): Handshake, max_frame_bytes: usize) -> Acce
         .max_continuation_size(max_frame_bytes)
         .map(|item| match item {
             Ok(AggregatedMessage::Text(text)) => WsEvent::Text(text.to_string()),
-            Ok(AggregatedMessage::Binary(bytes)) => WsEvent::Binary(bytes.len()),
+            Ok(AggregatedMessage::Binary(bytes)) => WsEvent::Binary(bytes),
             Ok(AggregatedMessage::Ping(bytes)) => WsEvent::Ping(bytes.to_vec()),
             Ok(AggregatedMessage::Pong(_)) => WsEvent::Pong,
             Ok(AggregatedMessage::Close(reason)) => {
@@ -140,6 +150,7 @@ fn start((response, session, stream): Handshake, max_frame_bytes: usize) -> Acce
         while let Some(frame) = rx.recv().await {
             let sent = match frame {
                 OutFrame::Text(text) => session.text(text).await,
+                OutFrame::Binary(bytes) => session.binary(bytes).await,
                 OutFrame::Ping => session.ping(b"").await,
                 OutFrame::Pong(bytes) => session.pong(&bytes).await,
                 OutFrame::Close(code, description) => {

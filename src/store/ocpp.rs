@@ -63,6 +63,8 @@ pub struct IdTagFields {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub parent: Option<Option<String>>,
     pub owner: Option<Option<String>>,
+    /// `Some(None)` detaches the tag from its account.
+    pub account_id: Option<Option<i32>>,
 }
 
 /// Filters of the message log listing.
@@ -381,6 +383,7 @@ impl Store {
             expires_at: Set(fields.expires_at.flatten()),
             parent: Set(fields.parent.flatten()),
             owner: Set(fields.owner.flatten()),
+            account_id: Set(fields.account_id.flatten()),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
@@ -410,6 +413,9 @@ impl Store {
         }
         if let Some(owner) = fields.owner {
             active.owner = Set(owner);
+        }
+        if let Some(account_id) = fields.account_id {
+            active.account_id = Set(account_id);
         }
         active.updated_at = Set(Utc::now());
         Ok(Some(active.update(&self.db).await?))

@@ -2,6 +2,7 @@
 //! and real HTTP. Set `TEST_DATABASE_URL=postgres://…/db` to run the same tests on PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
+mod accounts;
 mod bad_input;
 mod cluster;
 mod commands;

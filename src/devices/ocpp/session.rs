@@ -483,8 +483,27 @@ fn samples(values: &[messages::MeterValue]) -> Vec<MeterSample> {
         .collect()
 }
 
-/// The idTagInfo for `tag`: the id-tag table decides; unknown tags per `OCPP_ACCEPT_UNKNOWN_TAGS`.
+/// The idTagInfo for `tag`: the id-tag table decides; unknown tags per `OCPP_ACCEPT_UNKNOWN_TAGS`; then
+/// `OCPP_REQUIRE_SUBSCRIPTION`.
 pub async fn id_tag_info(deps: &SessionDeps, tag: &str) -> Result<Value, StoreError> {
+    let mut info = tag_table_info(deps, tag).await?;
+    // With OCPP_REQUIRE_SUBSCRIPTION a good tag is not enough: its account must hold an active subscription
+    // (a tag without an account, unknown tags included, holds none).
+    if deps.settings.ocpp_require_subscription
+        && info["status"] == "Accepted"
+        && !deps.store.tag_has_active_subscription(tag).await?
+    {
+        tracing::info!(
+            tag,
+            "id tag Blocked: its account has no active subscription"
+        );
+        info["status"] = json!("Blocked");
+    }
+    Ok(info)
+}
+
+/// The idTagInfo the id-tag table alone gives (status, expiry, parent).
+async fn tag_table_info(deps: &SessionDeps, tag: &str) -> Result<Value, StoreError> {
     let Some(row) = deps.store.id_tag(tag).await? else {
         let status = if deps.settings.ocpp_accept_unknown_tags {
             "Accepted"

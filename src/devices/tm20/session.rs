@@ -602,8 +602,8 @@ impl StreamHandler<WsEvent> for Tm20Session {
         metrics::counter!("gatehouse_frames_in_total", "kind" => super::DEVICE_KIND).increment(1);
         match event {
             WsEvent::Text(text) => self.on_text(text, ctx),
-            WsEvent::Binary(len) => {
-                tracing::warn!(sn = ?self.sn(), len, "binary frame ignored: the protocol is JSON text");
+            WsEvent::Binary(bytes) => {
+                tracing::warn!(sn = ?self.sn(), len = bytes.len(), "binary frame ignored: the protocol is JSON text");
             }
             WsEvent::Ping(bytes) => {
                 let _ = self.outbox.send(OutFrame::Pong(bytes));
