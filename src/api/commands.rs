@@ -83,20 +83,14 @@ pub(crate) async fn enqueue_offline(
         ))
         .into());
     }
-    let id = Uuid::new_v4();
-    state
-        .store
-        .insert_command(crate::store::NewCommand {
-            id,
-            device_kind,
-            device: device.to_owned(),
-            command: command.to_owned(),
-            params,
-            deliver_queued: true,
-            expires_at,
-        })
-        .await
-        .map_err(ApiError::from)?;
+    let origin = Origin::New {
+        deliver_queued: true,
+        expires_at,
+    };
+    let id =
+        crate::devices::command_row(&state.store, origin, device_kind, device, command, params)
+            .await
+            .map_err(ApiError::from)?;
     // The device may have registered between our look-up and the insert: its delivery pass may have run
     // already, so start one.
     crate::delivery::kick(std::sync::Arc::clone(&state.session_deps), device).await;

@@ -131,3 +131,39 @@ pub fn disconnect_reason(code: actix_ws::CloseCode, reason: &str) -> &'static st
         _ => "closed",
     }
 }
+
+/// The audit row of a command about to be queued on a session: inserted for a new command, the existing one
+/// for a claimed queued command. Returns its id.
+///
+/// # Errors
+/// On a database failure.
+pub(crate) async fn command_row(
+    store: &crate::store::Store,
+    origin: Origin,
+    device_kind: &'static str,
+    device: &str,
+    command: &str,
+    params: serde_json::Value,
+) -> Result<uuid::Uuid, crate::store::StoreError> {
+    match origin {
+        Origin::New {
+            deliver_queued,
+            expires_at,
+        } => {
+            let id = uuid::Uuid::new_v4();
+            store
+                .insert_command(crate::store::NewCommand {
+                    id,
+                    device_kind,
+                    device: device.to_owned(),
+                    command: command.to_owned(),
+                    params,
+                    deliver_queued,
+                    expires_at,
+                })
+                .await?;
+            Ok(id)
+        }
+        Origin::Claimed { id, .. } => Ok(id),
+    }
+}

@@ -9,7 +9,7 @@ use super::actions::CsAction;
 use super::session::{CallRejected, OcppSession, QueuedCall, SendCall};
 use crate::devices::{CommandEvent, CommandOutcome, Origin};
 use crate::store::ocpp::ChargerField;
-use crate::store::{CommandState, NewCommand, Store, StoreError};
+use crate::store::{CommandState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -46,27 +46,15 @@ pub async fn dispatch(
     origin: Origin,
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
     let name = action.action();
-    let id = match origin {
-        Origin::New {
-            deliver_queued,
-            expires_at,
-        } => {
-            let id = Uuid::new_v4();
-            store
-                .insert_command(NewCommand {
-                    id,
-                    device_kind: super::DEVICE_KIND,
-                    device: charge_point_id.to_owned(),
-                    command: name.to_owned(),
-                    params: action.payload(),
-                    deliver_queued,
-                    expires_at,
-                })
-                .await?;
-            id
-        }
-        Origin::Claimed { id, .. } => id,
-    };
+    let id = crate::devices::command_row(
+        store,
+        origin,
+        super::DEVICE_KIND,
+        charge_point_id,
+        name,
+        action.payload(),
+    )
+    .await?;
     let (events_tx, events_rx) = mpsc::channel(2);
     let call = QueuedCall {
         id,

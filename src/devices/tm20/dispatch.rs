@@ -16,7 +16,7 @@ use super::session::{
     CommandEvent, CommandOutcome, CommandRejected, QueuedCommand, SendCommand, Tm20Session,
 };
 use crate::devices::Origin;
-use crate::store::{CommandState, NewCommand, Store, UserUpsert};
+use crate::store::{CommandState, Store, UserUpsert};
 
 /// Why a command could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -53,27 +53,15 @@ pub async fn dispatch(
     origin: Origin,
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
     let name = command.name();
-    let id = match origin {
-        Origin::New {
-            deliver_queued,
-            expires_at,
-        } => {
-            let id = Uuid::new_v4();
-            store
-                .insert_command(NewCommand {
-                    id,
-                    device_kind: super::DEVICE_KIND,
-                    device: sn.to_owned(),
-                    command: name.to_owned(),
-                    params: command.params_json(),
-                    deliver_queued,
-                    expires_at,
-                })
-                .await?;
-            id
-        }
-        Origin::Claimed { id, .. } => id,
-    };
+    let id = crate::devices::command_row(
+        store,
+        origin,
+        super::DEVICE_KIND,
+        sn,
+        name,
+        command.params_json(),
+    )
+    .await?;
     // Two events per command at most (Sent, Finished): the session never waits on this channel.
     let (events_tx, events_rx) = mpsc::channel(2);
     let queued = QueuedCommand {
