@@ -207,6 +207,108 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The effective configuration as `VARIABLE=value` lines, secrets masked (`gatehouse config`).
+    pub fn describe_masked(&self) -> String {
+        let secs = |d: Duration| format!("{}", d.as_secs_f64());
+        let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+        let lines = [
+            ("GATEHOUSE_BIND", self.bind.clone()),
+            ("DATABASE_URL", mask_url(&self.database_url)),
+            (
+                "GATEHOUSE_API_TOKEN",
+                if self.api_token.is_some() {
+                    "***".into()
+                } else {
+                    "(generated at start)".into()
+                },
+            ),
+            (
+                "TM20_HEARTBEAT_INTERVAL",
+                secs(self.tm20_heartbeat_interval),
+            ),
+            (
+                "TM20_CONNECTION_TIMEOUT",
+                secs(self.tm20_connection_timeout),
+            ),
+            (
+                "TM20_REQUIRE_WHITELIST",
+                u8::from(self.tm20_require_whitelist).to_string(),
+            ),
+            (
+                "TM20_MAX_FRAME_BYTES",
+                self.tm20_max_frame_bytes.to_string(),
+            ),
+            (
+                "TM20_UTC_OFFSET",
+                self.tm20_utc_offset
+                    .map(|o| o.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("COMMAND_TIMEOUT", secs(self.command_timeout)),
+            ("COMMAND_QUEUE_SIZE", self.command_queue_size.to_string()),
+            ("COMMAND_QUEUE_MAX", self.command_queue_max.to_string()),
+            ("GATEHOUSE_METRICS_BIND", opt(&self.metrics_bind)),
+            (
+                "REDIS_URL",
+                self.redis_url.as_deref().map(mask_url).unwrap_or_default(),
+            ),
+            ("REDIS_PREFIX", self.redis_prefix.clone()),
+            ("GATEHOUSE_NODE_ID", opt(&self.node_id)),
+            ("GATEHOUSE_NODE_NAME", opt(&self.node_name)),
+            ("GATEHOUSE_ADVERTISE_ADDR", opt(&self.advertise_addr)),
+            ("CLUSTER_ROUTE_TTL", secs(self.cluster_route_ttl)),
+            (
+                "CLUSTER_HEARTBEAT_INTERVAL",
+                secs(self.cluster_heartbeat_interval),
+            ),
+            (
+                "OCPP_AUTO_REGISTER",
+                u8::from(self.ocpp_auto_register).to_string(),
+            ),
+            ("OCPP_PING_INTERVAL", secs(self.ocpp_ping_interval)),
+            (
+                "OCPP_HEARTBEAT_INTERVAL",
+                secs(self.ocpp_heartbeat_interval),
+            ),
+            ("OCPP_CALL_TIMEOUT", secs(self.ocpp_call_timeout)),
+            ("OCPP_STRICT", u8::from(self.ocpp_strict).to_string()),
+            (
+                "OCPP_ACCEPT_UNKNOWN_TAGS",
+                u8::from(self.ocpp_accept_unknown_tags).to_string(),
+            ),
+            (
+                "OCPP_MESSAGE_RETENTION_DAYS",
+                self.ocpp_message_retention_days.to_string(),
+            ),
+            (
+                "OCPP_MAX_FRAME_BYTES",
+                self.ocpp_max_frame_bytes.to_string(),
+            ),
+            ("GATEHOUSE_SHUTDOWN_GRACE", secs(self.shutdown_grace)),
+        ];
+        lines
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Hides the password of a URL (`postgres://user:secret@host/db` → `postgres://user:***@host/db`).
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 /// Parses a number of seconds, decimals allowed (`0.5`), so tests can use short timings.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -238,6 +340,28 @@ mod tests {
         for bad in ["", "abc", "-1", "0", "NaN", "inf"] {
             assert!(parse_seconds(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn urls_are_masked() {
+        assert_eq!(
+            mask_url("postgres://gh:s3cret@db:5432/gh"),
+            "postgres://gh:***@db:5432/gh"
+        );
+        assert_eq!(
+            mask_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            mask_url("sqlite://gatehouse.db?mode=rwc"),
+            "sqlite://gatehouse.db?mode=rwc"
+        );
+        let text = Settings {
+            api_token: Some("top-secret".into()),
+            ..Settings::default()
+        }
+        .describe_masked();
+        assert!(text.contains("GATEHOUSE_API_TOKEN=***") && !text.contains("top-secret"));
     }
 
     #[test]

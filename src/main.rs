@@ -8,8 +8,8 @@ use gatehouse::store::Store;
 #[derive(Parser)]
 #[command(
     name = "gatehouse",
-    version,
-    about = "Device gateway for TM20 terminals"
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GATEHOUSE_GIT_COMMIT"), ")"),
+    about = "Device gateway for TM20 terminals, OCPP 1.6J charge points and more"
 )]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
@@ -23,6 +23,13 @@ struct Cli {
 enum Command {
     /// Run a node: migrate the database, then serve terminals and the REST API.
     Serve(Box<Settings>),
+    /// Print the effective configuration (environment, .env and flags) with secrets masked, and exit.
+    Config(Box<Settings>),
+    /// Exit 0 when the node on GATEHOUSE_BIND answers /healthz (for container health checks).
+    Healthcheck {
+        #[arg(long, env = "GATEHOUSE_BIND", default_value = "0.0.0.0:7788")]
+        bind: String,
+    },
     /// Apply database migrations and exit.
     Migrate {
         #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
@@ -81,6 +88,11 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(settings) => serve(*settings).await,
         Command::Migrate { database_url } => migrate(&database_url).await,
+        Command::Config(settings) => {
+            println!("{}", settings.describe_masked());
+            Ok(())
+        }
+        Command::Healthcheck { bind } => healthcheck(&bind),
         Command::Simulate(Simulate::Tm20 {
             url,
             count,
@@ -118,6 +130,30 @@ async fn serve(settings: Settings) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     app.run_until_signalled().await.map_err(|e| e.to_string())
+}
+
+/// A minimal HTTP/1.0 probe of `/healthz`, so the container image needs no curl.
+fn healthcheck(bind: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let port = bind.rsplit(':').next().unwrap_or("7788");
+    let mut stream =
+        std::net::TcpStream::connect(format!("127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "unhealthy: {}",
+            answer.lines().next().unwrap_or("no answer")
+        ))
+    }
 }
 
 async fn migrate(database_url: &str) -> Result<(), String> {
