@@ -71,6 +71,12 @@ pub async fn deliver(deps: Arc<SessionDeps>, device: String, target: Target) {
                 tracing::warn!(id = %next.id, %err, "could not expire a command");
                 return;
             }
+            let kind = match target {
+                Target::Tm20 { .. } => crate::devices::tm20::DEVICE_KIND,
+                Target::Ocpp { .. } => crate::devices::ocpp::DEVICE_KIND,
+            };
+            deps.events
+                .command_state(&device, kind, next.id, &next.command, "expired");
             continue;
         }
         let token = Uuid::new_v4();

@@ -91,6 +91,10 @@ pub(crate) async fn enqueue_offline(
         crate::devices::command_row(&state.store, origin, device_kind, device, command, params)
             .await
             .map_err(ApiError::from)?;
+    state
+        .session_deps
+        .events
+        .command_state(device, device_kind, id, command, "queued");
     // The device may have registered between our look-up and the insert: its delivery pass may have run
     // already, so start one.
     crate::delivery::kick(std::sync::Arc::clone(&state.session_deps), device).await;
@@ -492,7 +496,23 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     match state.store.cancel_command(id).await? {
-        crate::store::queue::Cancel::Cancelled => Ok(HttpResponse::NoContent().finish()),
+        crate::store::queue::Cancel::Cancelled => {
+            if let Some(row) = state.store.command(id).await? {
+                let kind = if row.device_kind == "ocpp" {
+                    "ocpp"
+                } else {
+                    "tm20"
+                };
+                state.session_deps.events.command_state(
+                    &row.device,
+                    kind,
+                    id,
+                    &row.command,
+                    "cancelled",
+                );
+            }
+            Ok(HttpResponse::NoContent().finish())
+        }
         crate::store::queue::Cancel::NotQueued(current) => Err(ApiError::Conflict(format!(
             "command {id} is {current}; only queued commands can be cancelled"
         ))),

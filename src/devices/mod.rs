@@ -109,7 +109,10 @@ pub(crate) async fn reject_row(
     reason: String,
 ) -> Result<(), crate::store::StoreError> {
     if origin.requeues() {
-        store.requeue_after_drop(id, origin.token(), false).await
+        store
+            .requeue_after_drop(id, origin.token(), false)
+            .await
+            .map(|_| ())
     } else {
         store
             .finish_command(id, crate::store::CommandState::Failed, None, Some(reason))

@@ -256,6 +256,16 @@ impl EventBus {
         self.publish_event(event);
     }
 
+    /// A `command` event for a state change short of the outcome (`queued`, `sent`, `expired`, `cancelled`).
+    pub fn command_state(&self, device: &str, kind: &str, id: Uuid, command: &str, state: &str) {
+        self.publish(
+            "command",
+            Some(device),
+            Some(kind),
+            serde_json::json!({"id": id, "command": command, "state": state}),
+        );
+    }
+
     /// Publishes a prepared event locally and to the other nodes.
     pub fn publish_event(&self, event: Event) {
         self.deliver_local(&event);

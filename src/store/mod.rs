@@ -512,6 +512,24 @@ async fn upsert_user_credential_in<C: ConnectionTrait>(
     user: &UserUpsert,
 ) -> Result<(), DbErr> {
     let now = Utc::now();
+    // Write first (see `stop_transaction`): make sure the user row exists with an insert that ignores a
+    // duplicate, then read it; a read-then-write transaction fails at once on SQLite under concurrent writes.
+    let placeholder = biometric_user::ActiveModel {
+        terminal_id: Set(terminal_id),
+        enrollid: Set(user.enrollid),
+        name: Set(user.name.clone()),
+        admin: Set(user.admin.unwrap_or(0)),
+        is_enabled: Set(true),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    biometric_user::Entity::insert(placeholder)
+        .on_conflict_do_nothing_on([
+            biometric_user::Column::TerminalId,
+            biometric_user::Column::Enrollid,
+        ])
+        .exec_without_returning(db)
+        .await?;
     let existing = biometric_user::Entity::find()
         .filter(biometric_user::Column::TerminalId.eq(terminal_id))
         .filter(biometric_user::Column::Enrollid.eq(user.enrollid))

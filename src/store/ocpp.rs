@@ -501,27 +501,30 @@ impl Store {
         samples: &[MeterSample],
     ) -> Result<Option<transaction::Model>, StoreError> {
         let txn = self.db.begin().await?;
+        // Write first: on SQLite a transaction that reads and then writes fails at once (SQLITE_BUSY) when
+        // another connection wrote in between, while a first write waits for the lock like any other.
+        transaction::Entity::update_many()
+            .col_expr(transaction::Column::MeterStop, Expr::value(meter_stop))
+            .col_expr(transaction::Column::StoppedAt, Expr::value(stopped_at))
+            .col_expr(transaction::Column::StopIdTag, Expr::value(id_tag))
+            .col_expr(
+                transaction::Column::StopReason,
+                Expr::value(reason.unwrap_or_else(|| "Local".into())),
+            )
+            .filter(transaction::Column::Id.eq(transaction_id))
+            .filter(transaction::Column::StoppedAt.is_null())
+            .exec(&txn)
+            .await?;
         let Some(row) = transaction::Entity::find_by_id(transaction_id)
             .one(&txn)
             .await?
         else {
             return Ok(None);
         };
-        let (charger_id, connector_id) = (row.charger_id, row.connector_id);
-        let row = if row.stopped_at.is_none() {
-            let mut active: transaction::ActiveModel = row.into();
-            active.meter_stop = Set(Some(meter_stop));
-            active.stopped_at = Set(Some(stopped_at));
-            active.stop_id_tag = Set(id_tag);
-            active.stop_reason = Set(reason.or_else(|| Some("Local".into())));
-            active.update(&txn).await?
-        } else {
-            row
-        };
         insert_samples(
             &txn,
-            charger_id,
-            connector_id,
+            row.charger_id,
+            row.connector_id,
             Some(transaction_id),
             samples,
         )

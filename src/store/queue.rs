@@ -198,7 +198,7 @@ impl Store {
         id: Uuid,
         token: Option<Uuid>,
         unsafe_to_repeat: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<&'static str, StoreError> {
         let row = self.command(id).await?;
         let was_sent = row.as_ref().is_some_and(|r| r.sent_at.is_some());
         let mut update = command::Entity::update_many().filter(command::Column::Id.eq(id));
@@ -221,6 +221,7 @@ impl Store {
                 .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
                 .exec(&self.db)
                 .await?;
+            return Ok("failed");
         } else {
             update
                 .col_expr(
@@ -238,6 +239,6 @@ impl Store {
                 .exec(&self.db)
                 .await?;
         }
-        Ok(())
+        Ok("queued")
     }
 }

@@ -113,7 +113,9 @@ async fn subscribers_get_device_and_command_events_for_their_topics() {
 
     let (status, _) = app.command("EVT0001", "opendoor", json!({})).await;
     assert_eq!(status, 200);
-    let command = device.wait_for(|f| f["type"] == "command").await;
+    let command = device
+        .wait_for(|f| f["type"] == "command" && f["data"]["state"] != "sent")
+        .await;
     assert_eq!(
         (
             command["data"]["command"].as_str(),
@@ -314,4 +316,31 @@ async fn events_and_pushes_cross_nodes() {
     let message = on_b.wait_for(|f| f["type"] == "message").await;
     assert_eq!(message["data"]["via"], "a");
     on_b.silent_for(Duration::from_millis(300)).await;
+}
+
+#[actix_rt::test]
+async fn command_events_follow_each_state_of_a_queued_command() {
+    let app = spawn_app().await;
+    app.put("/api/terminals/EVT0005", json!({})).await;
+    let mut watcher = Subscriber::connect(&app).await;
+    watcher.subscribe(&["command"]).await;
+    let (status, body) = app
+        .post(
+            "/api/terminals/EVT0005/command?deliver=queued",
+            json!({"command": "gettime"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let id = body["id"].clone();
+    let mut states = Vec::new();
+    let _sim = SimTerminal::connect(SimConfig::new(app.ws_url("/pub/chat"), "EVT0005"))
+        .await
+        .unwrap();
+    while states.last().map(String::as_str) != Some("succeeded") {
+        let event = watcher
+            .wait_for(|f| f["type"] == "command" && f["data"]["id"] == id)
+            .await;
+        states.push(event["data"]["state"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(states, vec!["queued", "sent", "succeeded"]);
 }

@@ -47,7 +47,8 @@ async fn metrics_move_when_a_terminal_registers_uploads_and_answers() {
 
     let delta = |series: &str| value(&after, series) - value(&before, series);
     assert!(delta("gatehouse_registrations_total{kind=\"tm20\"}") >= 1.0);
-    assert!(value(&after, "gatehouse_devices_connected{kind=\"tm20\"}") >= 1.0);
+    // A gauge is per process, and other tests' nodes set it too: only its presence is certain here.
+    assert!(after.contains("gatehouse_devices_connected{kind=\"tm20\"}"));
     assert!(delta("gatehouse_attendance_records_total") >= 7.0);
     assert!(
         delta("gatehouse_commands_total{kind=\"tm20\",command=\"opendoor\",outcome=\"succeeded\"}")

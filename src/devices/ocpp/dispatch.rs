@@ -108,6 +108,7 @@ async fn track(
                 if let Err(err) = store.mark_command_sent(id, at).await {
                     tracing::warn!(%id, %err, "could not mark command sent");
                 }
+                events.command_state(&device, super::DEVICE_KIND, id, action, "sent");
             }
             Some(CommandEvent::Finished(outcome)) => break outcome,
             None => break CommandOutcome::Disconnected,
@@ -156,6 +157,9 @@ async fn track(
                 super::UNSAFE_TO_REPEAT.contains(&action),
             )
             .await
+            .map(|new_state| {
+                events.command_state(&device, super::DEVICE_KIND, id, action, new_state);
+            })
     } else {
         store.finish_command(id, state, reply, error).await
     };

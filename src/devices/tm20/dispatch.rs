@@ -115,6 +115,7 @@ async fn track(
                 if let Err(err) = store.mark_command_sent(id, at).await {
                     tracing::warn!(%id, %err, "could not mark command sent");
                 }
+                events.command_state(&sn, super::DEVICE_KIND, id, command.name(), "sent");
             }
             Some(CommandEvent::Finished(outcome)) => break outcome,
             // The session dropped the command without a word: it can only have died.
@@ -171,6 +172,9 @@ async fn track(
         store
             .requeue_after_drop(id, origin.token(), unsafe_to_repeat)
             .await
+            .map(|new_state| {
+                events.command_state(&sn, super::DEVICE_KIND, id, command.name(), new_state);
+            })
     } else {
         store.finish_command(id, state, reply, error).await
     };
