@@ -7,6 +7,17 @@ pub mod ocpp;
 pub mod tm20;
 pub mod transport;
 
+/// Why a command could not be queued on a device's session.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("{0} is not connected")]
+    NotConnected(String),
+    #[error("{0} has too many commands waiting")]
+    QueueFull(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Tells a session to close its socket with `code` and `reason` and stop; it answers nothing afterwards.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]

@@ -9,17 +9,9 @@ use super::actions::CsAction;
 use super::session::{CallRejected, OcppSession, QueuedCall, SendCall};
 use crate::devices::{CommandEvent, CommandOutcome, Origin};
 use crate::store::ocpp::ChargerField;
-use crate::store::{CommandState, Store, StoreError};
+use crate::store::{CommandState, Store};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
-    #[error("charge point {0} is not connected")]
-    NotConnected(String),
-    #[error("charge point {0} has too many calls waiting")]
-    QueueFull(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+pub use crate::devices::DispatchError;
 
 /// The final word on an action.
 #[derive(Debug, Clone)]

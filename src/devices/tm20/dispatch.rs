@@ -18,16 +18,7 @@ use super::session::{
 use crate::devices::Origin;
 use crate::store::{CommandState, Store, UserUpsert};
 
-/// Why a command could not be queued.
-#[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
-    #[error("terminal {0} is not connected")]
-    NotConnected(String),
-    #[error("terminal {0} has too many commands waiting")]
-    QueueFull(String),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-}
+pub use crate::devices::DispatchError;
 
 /// The final word on a command, as the REST caller sees it.
 #[derive(Debug, Clone)]
