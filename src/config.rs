@@ -16,6 +16,12 @@ pub const DEFAULT_TM20_MAX_FRAME_BYTES: usize = 2_048_000;
 /// an open, unauthenticated endpoint cannot be used to park memory (64 queued frames per socket at most).
 pub const DEFAULT_ECHO_MAX_FRAME_BYTES: usize = 65_536;
 
+/// SxDeviceManager's port, which panels and third-party clients hard-code.
+pub const DEFAULT_SXDM_BIND: &str = "0.0.0.0:8888";
+
+/// Largest panel frame: a person with a face photo (`face_list[].data`, base64 JPEG) fits, as for terminals.
+pub const DEFAULT_SXDM_MAX_FRAME_BYTES: usize = 2_048_000;
+
 /// Settings of `gatehouse serve`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Settings {
@@ -151,6 +157,39 @@ pub struct Settings {
     #[arg(long, env = "ECHO_IDLE_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
     pub echo_idle_timeout: Duration,
 
+    /// Dedicated listener for Shenxing panels and SxDeviceManager clients (panel WebSocket, `sxdmSn` API,
+    /// status); `off` disables it. The main port serves the same routes.
+    #[arg(long, env = "SXDM_BIND", default_value = DEFAULT_SXDM_BIND)]
+    pub sxdm_bind: String,
+
+    /// Token third parties send in the `sxdmToken` header; unset: no token needed.
+    #[arg(long, env = "SXDM_AUTH_TOKEN", hide_env_values = true)]
+    pub sxdm_auth_token: Option<String>,
+
+    /// Seconds a forwarded `sxdmSn` call waits for the panel's answer before 408.
+    #[arg(long, env = "SXDM_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub sxdm_timeout: Duration,
+
+    /// Seconds without any frame (a pong counts) after which a panel's socket is closed.
+    #[arg(long, env = "SXDM_SESSION_TIMEOUT", default_value = "300", value_parser = parse_seconds)]
+    pub sxdm_session_timeout: Duration,
+
+    /// Seconds between WebSocket pings to a panel.
+    #[arg(long, env = "SXDM_PING_INTERVAL", default_value = "60", value_parser = parse_seconds)]
+    pub sxdm_ping_interval: Duration,
+
+    /// Seconds a new panel socket has to complete the random + login exchange.
+    #[arg(long, env = "SXDM_LOGIN_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub sxdm_login_timeout: Duration,
+
+    /// 1: only panels an admin registered (`PUT /api/panels/{sn}`) and left active may log in.
+    #[arg(long, env = "SXDM_REQUIRE_WHITELIST", default_value = "0", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub sxdm_require_whitelist: bool,
+
+    /// Largest WebSocket message a panel may send, and largest `sxdmSn` request body, in bytes.
+    #[arg(long, env = "SXDM_MAX_FRAME_BYTES", default_value_t = DEFAULT_SXDM_MAX_FRAME_BYTES)]
+    pub sxdm_max_frame_bytes: usize,
+
     /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
@@ -179,6 +218,14 @@ impl Default for Settings {
             cluster_route_ttl: Duration::from_secs(30),
             cluster_heartbeat_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            sxdm_bind: DEFAULT_SXDM_BIND.into(),
+            sxdm_auth_token: None,
+            sxdm_timeout: Duration::from_secs(30),
+            sxdm_session_timeout: Duration::from_secs(300),
+            sxdm_ping_interval: Duration::from_secs(60),
+            sxdm_login_timeout: Duration::from_secs(30),
+            sxdm_require_whitelist: false,
+            sxdm_max_frame_bytes: DEFAULT_SXDM_MAX_FRAME_BYTES,
             ocpp_auto_register: true,
             ocpp_ping_interval: Duration::from_secs(60),
             ocpp_heartbeat_interval: Duration::from_secs(300),
@@ -284,6 +331,27 @@ impl Settings {
             (
                 "OCPP_MAX_FRAME_BYTES",
                 self.ocpp_max_frame_bytes.to_string(),
+            ),
+            ("SXDM_BIND", self.sxdm_bind.clone()),
+            (
+                "SXDM_AUTH_TOKEN",
+                if self.sxdm_auth_token.is_some() {
+                    "***".into()
+                } else {
+                    String::new()
+                },
+            ),
+            ("SXDM_TIMEOUT", secs(self.sxdm_timeout)),
+            ("SXDM_SESSION_TIMEOUT", secs(self.sxdm_session_timeout)),
+            ("SXDM_PING_INTERVAL", secs(self.sxdm_ping_interval)),
+            ("SXDM_LOGIN_TIMEOUT", secs(self.sxdm_login_timeout)),
+            (
+                "SXDM_REQUIRE_WHITELIST",
+                u8::from(self.sxdm_require_whitelist).to_string(),
+            ),
+            (
+                "SXDM_MAX_FRAME_BYTES",
+                self.sxdm_max_frame_bytes.to_string(),
             ),
             ("GATEHOUSE_SHUTDOWN_GRACE", secs(self.shutdown_grace)),
         ];

@@ -27,6 +27,9 @@ pub enum Target {
         addr: Addr<OcppSession>,
         charger_id: i32,
     },
+    Sxdm {
+        addr: Addr<crate::devices::sxdm::session::PanelSession>,
+    },
 }
 
 impl Target {
@@ -34,6 +37,7 @@ impl Target {
         match self {
             Target::Tm20 { .. } => crate::devices::tm20::UNSAFE_TO_REPEAT,
             Target::Ocpp { .. } => crate::devices::ocpp::UNSAFE_TO_REPEAT,
+            Target::Sxdm { .. } => crate::devices::sxdm::UNSAFE_TO_REPEAT,
         }
     }
 }
@@ -74,6 +78,7 @@ pub async fn deliver(deps: Arc<SessionDeps>, device: String, target: Target) {
             let kind = match target {
                 Target::Tm20 { .. } => crate::devices::tm20::DEVICE_KIND,
                 Target::Ocpp { .. } => crate::devices::ocpp::DEVICE_KIND,
+                Target::Sxdm { .. } => crate::devices::sxdm::DEVICE_KIND,
             };
             deps.events
                 .command_state(&device, kind, next.id, &next.command, "expired");
@@ -167,6 +172,29 @@ async fn run(
                 Err(_) => Delivered::Gone,
             }
         }
+        Target::Sxdm { addr } => {
+            let Some(call) = crate::devices::sxdm::PanelCall::from_params(&row.params) else {
+                return fail(store, row.id, "no longer a valid panel call".into()).await;
+            };
+            match crate::devices::sxdm::dispatch::dispatch(
+                store,
+                &deps.events,
+                addr,
+                device,
+                call,
+                origin,
+            )
+            .await
+            {
+                Ok((_, outcome)) => match outcome.await {
+                    Ok(crate::devices::sxdm::dispatch::Finished::Disconnected) | Err(_) => {
+                        Delivered::Gone
+                    }
+                    Ok(_) => Delivered::Done,
+                },
+                Err(_) => Delivered::Gone,
+            }
+        }
     }
 }
 
@@ -201,6 +229,7 @@ pub async fn kick(deps: Arc<SessionDeps>, device: &str) {
             },
             _ => return,
         },
+        DeviceAddr::Sxdm(addr) => Target::Sxdm { addr },
     };
     actix_rt::spawn(deliver(deps, device.to_owned(), target));
 }

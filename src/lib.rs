@@ -1,4 +1,4 @@
-//! Gatehouse: a device gateway. Field devices (TM20 attendance terminals today) hold a WebSocket open to a
+//! Gatehouse: a device gateway. Field devices (TM20 terminals, OCPP 1.6J charge points, Shenxing panels) hold a WebSocket open to a
 //! node; admins drive them through a REST API; everything they report is stored with sea-orm.
 //!
 //! # Layout

@@ -73,6 +73,20 @@ enum Simulate {
         #[arg(long, default_value_t = 30.0)]
         session_every: f64,
     },
+    /// Virtual Shenxing panels that log in (random + login) and answer the panel REST API calls forwarded to
+    /// them (`sxdmSn`), from their own in-memory state.
+    Sxdm {
+        #[arg(long, default_value = "ws://127.0.0.1:8888/api/websocket/")]
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Serial numbers are this prefix plus a four-digit index.
+        #[arg(long, default_value = "SXSIM")]
+        sn_prefix: String,
+        /// The login password (checked only when an admin set a secret for the panel).
+        #[arg(long, default_value = "123456")]
+        password: String,
+    },
 }
 
 #[actix_web::main]
@@ -114,6 +128,14 @@ async fn main() -> std::process::ExitCode {
                 .await
                 .map_err(|err| err.to_string())
         }
+        Command::Simulate(Simulate::Sxdm {
+            url,
+            count,
+            sn_prefix,
+            password,
+        }) => gatehouse::sim::sxdm::run_fleet(&url, count, &sn_prefix, &password)
+            .await
+            .map_err(|err| err.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,7 +4,11 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix::Actor;
-use actix_web::{dev::Server, middleware::NormalizePath, web, App, HttpServer};
+use actix_web::{
+    dev::Server,
+    middleware::{from_fn, NormalizePath},
+    web, App, HttpServer,
+};
 
 use actix::Addr;
 
@@ -35,6 +39,8 @@ pub enum StartupError {
 /// A built node, listening but not yet serving until [`Application::run_until_stopped`] is awaited.
 pub struct Application {
     port: u16,
+    /// The dedicated panel listener's port (`SXDM_BIND`), when it is on.
+    sxdm_port: Option<u16>,
     api_token: String,
     server: Server,
     stopper: Stopper,
@@ -45,6 +51,7 @@ pub struct Application {
 #[derive(Clone)]
 pub struct Stopper {
     server: actix_web::dev::ServerHandle,
+    sxdm_server: Option<actix_web::dev::ServerHandle>,
     registry: Addr<Registry>,
     cluster: Option<Cluster>,
     grace: std::time::Duration,
@@ -54,6 +61,9 @@ impl Stopper {
     pub async fn stop(&self) {
         tracing::info!("graceful shutdown: closing device sockets");
         self.server.pause().await;
+        if let Some(sxdm) = &self.sxdm_server {
+            sxdm.pause().await;
+        }
         if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
@@ -61,6 +71,9 @@ impl Stopper {
         // Sessions just closed; let the writes they started (last_seen, command outcomes) finish before the
         // workers' runtimes go away, so no database connection is dropped outside a runtime.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if let Some(sxdm) = &self.sxdm_server {
+            sxdm.stop(true).await;
+        }
         self.server.stop(true).await;
         tracing::info!("graceful shutdown complete");
     }
@@ -130,9 +143,55 @@ impl Application {
             cluster.start(registry.clone(), api::commands::executor(state.clone()));
             tracing::info!(node = %node_id, "cluster mode: directory and command forwarding over redis");
         }
+        let sxdm_listener = match settings.sxdm_bind.trim() {
+            "" | "off" | "OFF" | "Off" => None,
+            addr => Some(
+                TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+                    addr: format!("{addr} (SXDM_BIND)"),
+                    source,
+                })?,
+            ),
+        };
+        let sxdm_port = sxdm_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
+        let sxdm_server = match sxdm_listener {
+            Some(listener) => {
+                let state = state.clone();
+                let max_body = settings.sxdm_max_frame_bytes;
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(state.clone())
+                        .app_data(web::PayloadConfig::new(max_body))
+                        .app_data(
+                            web::PathConfig::default().error_handler(error::path_error_handler),
+                        )
+                        .wrap(NormalizePath::trim())
+                        .wrap(from_fn(api::panels::intercept))
+                        .configure(api::configure_sxdm)
+                        .default_service(web::to(api::panels::missing_sn))
+                })
+                .workers(1)
+                .listen(listener)
+                .map_err(|source| StartupError::Bind {
+                    addr: "SXDM_BIND".into(),
+                    source,
+                })?
+                .shutdown_timeout(5)
+                .disable_signals()
+                .run();
+                tracing::info!(port = sxdm_port, "panel manager listener (SXDM_BIND) up");
+                Some(server)
+            }
+            None => None,
+        };
+        let max_panel_body = settings.sxdm_max_frame_bytes;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // Only the panels' third-party API reads raw bodies (JSON routes have their own limit).
+                .app_data(web::PayloadConfig::new(max_panel_body))
                 .app_data(
                     web::JsonConfig::default()
                         .limit(MAX_JSON_BODY)
@@ -143,6 +202,8 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
                 .app_data(web::PathConfig::default().error_handler(error::path_error_handler))
                 .wrap(NormalizePath::trim())
+                // Outermost: an `sxdmSn` call goes to its panel with the path exactly as sent.
+                .wrap(from_fn(api::panels::intercept))
                 .configure(api::configure)
         })
         .listen(listener)
@@ -175,14 +236,20 @@ impl Application {
             .run();
             actix_rt::spawn(metrics_server);
         }
+        let sxdm_handle = sxdm_server.as_ref().map(|s| s.handle());
+        if let Some(sxdm_server) = sxdm_server {
+            actix_rt::spawn(sxdm_server);
+        }
         let stopper = Stopper {
             server: server.handle(),
+            sxdm_server: sxdm_handle,
             registry,
             cluster,
             grace,
         };
         Ok(Application {
             port,
+            sxdm_port,
             api_token,
             server,
             stopper,
@@ -191,6 +258,10 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn sxdm_port(&self) -> Option<u16> {
+        self.sxdm_port
     }
 
     pub fn api_token(&self) -> &str {

@@ -28,6 +28,8 @@ const SPAWN_ENV: &[(&str, &str)] = &[
     ("TM20_HEARTBEAT_INTERVAL", "3600"),
     ("TM20_CONNECTION_TIMEOUT", "7200"),
     ("GATEHOUSE_SHUTDOWN_GRACE", "1"),
+    // Several servers may run at once; none needs the panels' fixed port.
+    ("SXDM_BIND", "off"),
 ];
 /// Variables of the caller's environment that would change what a spawned server is (cluster mode, …).
 const SCRUBBED_ENV: &[&str] = &[

@@ -11,6 +11,7 @@ pub mod connector_status_history;
 pub mod id_tag;
 pub mod meter_value;
 pub mod ocpp_message;
+pub mod panel;
 pub mod product;
 pub mod subscription;
 pub mod terminal;

@@ -392,6 +392,8 @@ pub fn executor(state: web::Data<AppState>) -> Executor {
         Box::pin(async move {
             let ran = if request.kind == "ocpp" {
                 super::chargers::run_forwarded(&state, &request).await
+            } else if request.kind == crate::devices::sxdm::DEVICE_KIND {
+                super::panels::run_forwarded(&state, &request).await
             } else {
                 let origin = Origin::New {
                     deliver_queued: request.queued,

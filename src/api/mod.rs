@@ -26,6 +26,7 @@ mod events;
 mod health;
 mod id_tags;
 mod nodes;
+pub mod panels;
 mod subscriptions;
 mod terminals;
 pub mod websocket;
@@ -55,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/echo", web::get().to(echo::echo))
+        .configure(configure_sxdm)
         // Before the `/api` scope, whose admin-token guard would refuse a kiosk's RFID_LOGIN_TOKEN.
         .service(
             web::resource("/api/accounts/rfid-login")
@@ -126,6 +128,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     "/subscriptions/subscribe",
                     web::post().to(subscriptions::subscribe),
                 )
+                .route("/panels", web::get().to(panels::list))
+                .route("/panels/{sn}", web::get().to(panels::detail))
+                .route("/panels/{sn}", web::put().to(panels::put))
+                .route("/panels/{sn}/request", web::post().to(panels::request))
                 .route("/subscriptions", web::get().to(subscriptions::list))
                 .route("/subscriptions/{id}", web::get().to(subscriptions::get))
                 .route(
@@ -135,6 +141,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(fallback));
+}
+
+/// The routes of the panels' manager (SxDeviceManager): the panel WebSocket and the status endpoints, with
+/// `sxdmToken` instead of the admin token. Served on the main port (before the `/api` scope, whose token guard
+/// would refuse them) and on the dedicated `SXDM_BIND` listener. Third-party calls (`sxdmSn`) are caught
+/// earlier, by [`panels::intercept`].
+pub fn configure_sxdm(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/websocket", web::get().to(panels::websocket))
+        .route("/ws/api/websocket", web::get().to(panels::websocket))
+        .route("/api/device/status", web::get().to(panels::status_list))
+        .route("/api/device/status/{sn}", web::get().to(panels::status_one))
+        .route(
+            "/openapi/manager/status",
+            web::get().to(panels::status_list),
+        )
+        .route(
+            "/openapi/manager/status/{sn}",
+            web::get().to(panels::status_one),
+        );
 }
 
 /// Terminals let people type any path in their menu: a WebSocket upgrade on a path nobody else claims is a

@@ -4,6 +4,7 @@
 use actix::Message;
 
 pub mod ocpp;
+pub mod sxdm;
 pub mod tm20;
 pub mod transport;
 
@@ -46,6 +47,7 @@ pub fn protocol_name(name: &str) -> &'static str {
     match name {
         "tm20" => "tm20",
         "ocpp1.6" => "ocpp1.6",
+        "sxdm" => "sxdm",
         _ => "unknown",
     }
 }

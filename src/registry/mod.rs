@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::cluster::{Claim, Cluster, ClusterError, ClusterEvent};
 use crate::devices::ocpp::session::OcppSession;
+use crate::devices::sxdm::session::PanelSession;
 use crate::devices::tm20::session::Tm20Session;
 use crate::devices::{CloseSession, Drain};
 
@@ -40,6 +41,7 @@ const CLAIM_CONCURRENCY: usize = 64;
 pub enum DeviceAddr {
     Tm20(Addr<Tm20Session>),
     Ocpp(Addr<OcppSession>),
+    Sxdm(Addr<PanelSession>),
 }
 
 impl DeviceAddr {
@@ -47,6 +49,7 @@ impl DeviceAddr {
         match self {
             DeviceAddr::Tm20(addr) => addr.do_send(CloseSession { code, reason }),
             DeviceAddr::Ocpp(addr) => addr.do_send(CloseSession { code, reason }),
+            DeviceAddr::Sxdm(addr) => addr.do_send(CloseSession { code, reason }),
         }
     }
 
@@ -54,6 +57,7 @@ impl DeviceAddr {
         match self {
             DeviceAddr::Tm20(addr) => addr.do_send(Drain { grace }),
             DeviceAddr::Ocpp(addr) => addr.do_send(Drain { grace }),
+            DeviceAddr::Sxdm(addr) => addr.do_send(Drain { grace }),
         }
     }
 }
@@ -98,7 +102,11 @@ impl Registry {
             per_kind: HashMap::new(),
         };
         // Present from the start, so dashboards show 0 rather than nothing.
-        for protocol in ["tm20", crate::devices::ocpp::PROTOCOL] {
+        for protocol in [
+            "tm20",
+            crate::devices::ocpp::PROTOCOL,
+            crate::devices::sxdm::PROTOCOL,
+        ] {
             registry.count(protocol, 0);
         }
         registry

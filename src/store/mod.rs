@@ -21,6 +21,7 @@ use crate::devices::tm20::protocol::LogRecord;
 
 pub mod accounts;
 pub mod ocpp;
+pub mod panels;
 pub mod queue;
 
 #[derive(Debug, thiserror::Error)]

@@ -268,6 +268,7 @@ impl NodeProcess {
             .env("REDIS_URL", redis_url)
             .env("REDIS_PREFIX", prefix)
             .env("GATEHOUSE_NODE_ID", node)
+            .env("SXDM_BIND", "off")
             .env("CLUSTER_HEARTBEAT_INTERVAL", "0.2")
             .env("CLUSTER_ROUTE_TTL", "3")
             .env("COMMAND_TIMEOUT", "30")

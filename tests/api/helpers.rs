@@ -18,6 +18,8 @@ pub const TOKEN: &str = "test-token";
 
 pub struct TestApp {
     pub port: u16,
+    /// The dedicated panel listener's port, when the test turned it on.
+    pub sxdm_port: Option<u16>,
     pub settings: Settings,
     pub handle: ServerHandle,
     pub stopper: gatehouse::startup::Stopper,
@@ -74,6 +76,8 @@ pub async fn spawn_app_on(
         tm20_heartbeat_interval: Duration::from_secs(5),
         tm20_connection_timeout: Duration::from_secs(30),
         command_timeout: Duration::from_secs(5),
+        // Tests run in parallel: the manager's fixed port is off unless a test asks for `127.0.0.1:0`.
+        sxdm_bind: "off".into(),
         ..Settings::default()
     };
     tweak(&mut settings);
@@ -89,11 +93,13 @@ async fn start(settings: Settings, dir: Option<tempfile::TempDir>) -> TestApp {
         .await
         .expect("node builds");
     let port = app.port();
+    let sxdm_port = app.sxdm_port();
     let handle = app.handle();
     let stopper = app.stopper();
     actix_rt::spawn(app.run_until_stopped());
     TestApp {
         port,
+        sxdm_port,
         settings,
         handle,
         stopper,

@@ -11,6 +11,7 @@ mod helpers;
 mod logs;
 mod metrics;
 mod ocpp;
+mod panels;
 mod queue;
 mod registration;
 mod rest;
