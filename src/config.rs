@@ -243,6 +243,113 @@ impl Default for Settings {
     }
 }
 
+/// A setting that parsed but cannot work; the message starts with the variable's name.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+fn config_error(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+/// `host:port` with a numeric port (a host name is resolved when binding).
+fn check_bind(variable: &'static str, value: &str) -> Result<(), ConfigError> {
+    let valid = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(config_error(
+            variable,
+            format!("`{value}` is not an address like 0.0.0.0:7788"),
+        ))
+    }
+}
+
+impl Settings {
+    /// Checks what clap's parsers cannot: values that parse but cannot work. Called once by `serve` before
+    /// anything starts, so a bad value stops it with one line naming the variable.
+    ///
+    /// # Errors
+    /// The first bad setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_bind("GATEHOUSE_BIND", &self.bind)?;
+        let sxdm = self.sxdm_bind.trim();
+        if !sxdm.is_empty() && !sxdm.eq_ignore_ascii_case("off") {
+            check_bind("SXDM_BIND", sxdm)?;
+        }
+        if let Some(metrics) = self
+            .metrics_bind
+            .as_deref()
+            .filter(|m| !m.trim().is_empty())
+        {
+            check_bind("GATEHOUSE_METRICS_BIND", metrics)?;
+        }
+        let db = self.database_url.trim();
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(config_error(
+                "DATABASE_URL",
+                format!(
+                    "`{}` is neither sqlite://FILE?mode=rwc nor postgres://user@host/db",
+                    mask_url(db)
+                ),
+            ));
+        }
+        if let Some(url) = self.redis_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            if let Err(err) = redis::Client::open(url) {
+                return Err(config_error(
+                    "REDIS_URL",
+                    format!("`{}` is not a Redis URL: {err}", mask_url(url)),
+                ));
+            }
+        }
+        // Zero would make a timer fire continuously (and tokio's interval refuses a zero period).
+        for (variable, value) in [
+            ("TM20_HEARTBEAT_INTERVAL", self.tm20_heartbeat_interval),
+            ("TM20_CONNECTION_TIMEOUT", self.tm20_connection_timeout),
+            ("COMMAND_TIMEOUT", self.command_timeout),
+            (
+                "CLUSTER_HEARTBEAT_INTERVAL",
+                self.cluster_heartbeat_interval,
+            ),
+            ("CLUSTER_ROUTE_TTL", self.cluster_route_ttl),
+            ("OCPP_PING_INTERVAL", self.ocpp_ping_interval),
+            ("OCPP_CALL_TIMEOUT", self.ocpp_call_timeout),
+            ("ECHO_IDLE_TIMEOUT", self.echo_idle_timeout),
+            ("SXDM_TIMEOUT", self.sxdm_timeout),
+            ("SXDM_SESSION_TIMEOUT", self.sxdm_session_timeout),
+            ("SXDM_PING_INTERVAL", self.sxdm_ping_interval),
+            ("SXDM_LOGIN_TIMEOUT", self.sxdm_login_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(config_error(variable, "must be more than 0 seconds"));
+            }
+        }
+        for (variable, value) in [
+            ("COMMAND_QUEUE_SIZE", self.command_queue_size),
+            ("TM20_MAX_FRAME_BYTES", self.tm20_max_frame_bytes),
+            ("OCPP_MAX_FRAME_BYTES", self.ocpp_max_frame_bytes),
+            ("SXDM_MAX_FRAME_BYTES", self.sxdm_max_frame_bytes),
+            ("ECHO_MAX_FRAME_BYTES", self.echo_max_frame_bytes),
+        ] {
+            if value == 0 {
+                return Err(config_error(variable, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Settings {
     /// The terminals' wall-clock time now (for `cloudtime` and `settime`).
     pub fn device_now(&self) -> chrono::NaiveDateTime {

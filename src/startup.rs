@@ -23,16 +23,20 @@ use crate::store::{Store, StoreError};
 /// Largest REST body: command params carry at most a photo (~200 KB base64) plus JSON.
 const MAX_JSON_BODY: usize = 1024 * 1024;
 
+/// Why a node did not start. Every message starts with the variable to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot open the database: {0}")]
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("DATABASE_URL: cannot open the database: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{variable}: cannot listen on {addr}: {source}")]
     Bind {
+        variable: &'static str,
         addr: String,
         source: std::io::Error,
     },
-    #[error("invalid cluster configuration: {0}")]
+    #[error("REDIS_URL: invalid cluster configuration: {0}")]
     Cluster(#[from] ClusterError),
 }
 
@@ -85,6 +89,7 @@ impl Application {
     /// # Errors
     /// When the database cannot be opened or migrated, or the address cannot be bound.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        settings.validate()?;
         crate::telemetry_metrics::install();
         let store = Store::connect(&settings.database_url).await?;
         store.migrate().await?;
@@ -99,6 +104,7 @@ impl Application {
         };
         let bind_addr = settings.bind.clone();
         let bind_err = |source| StartupError::Bind {
+            variable: "GATEHOUSE_BIND",
             addr: bind_addr.clone(),
             source,
         };
@@ -147,7 +153,8 @@ impl Application {
             "" | "off" | "OFF" | "Off" => None,
             addr => Some(
                 TcpListener::bind(addr).map_err(|source| StartupError::Bind {
-                    addr: format!("{addr} (SXDM_BIND)"),
+                    variable: "SXDM_BIND",
+                    addr: addr.to_owned(),
                     source,
                 })?,
             ),
@@ -156,6 +163,7 @@ impl Application {
             .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port());
+        let sxdm_addr = settings.sxdm_bind.trim().to_owned();
         let sxdm_server = match sxdm_listener {
             Some(listener) => {
                 let state = state.clone();
@@ -169,13 +177,15 @@ impl Application {
                         )
                         .wrap(NormalizePath::trim())
                         .wrap(from_fn(api::panels::intercept))
+                        .wrap(from_fn(api::request_id::middleware))
                         .configure(api::configure_sxdm)
                         .default_service(web::to(api::panels::missing_sn))
                 })
                 .workers(1)
                 .listen(listener)
                 .map_err(|source| StartupError::Bind {
-                    addr: "SXDM_BIND".into(),
+                    variable: "SXDM_BIND",
+                    addr: sxdm_addr.clone(),
                     source,
                 })?
                 .shutdown_timeout(5)
@@ -204,6 +214,7 @@ impl Application {
                 .wrap(NormalizePath::trim())
                 // Outermost: an `sxdmSn` call goes to its panel with the path exactly as sent.
                 .wrap(from_fn(api::panels::intercept))
+                .wrap(from_fn(api::request_id::middleware))
                 .configure(api::configure)
         })
         .listen(listener)
@@ -230,6 +241,7 @@ impl Application {
             .disable_signals()
             .bind(addr)
             .map_err(|source| StartupError::Bind {
+                variable: "GATEHOUSE_METRICS_BIND",
                 addr: addr.to_owned(),
                 source,
             })?

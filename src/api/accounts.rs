@@ -1,7 +1,7 @@
 //! `/api/accounts`: people who own id tags (RFID cards) and hold subscriptions, and the kiosk's card login.
 
 use actix_web::{
-    body::MessageBody,
+    body::{EitherBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     middleware::Next,
     web, HttpResponse,
@@ -248,7 +248,7 @@ pub async fn rfid_login(
 pub async fn require_login_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .cloned()
@@ -265,9 +265,11 @@ pub async fn require_login_token(
         admin | kiosk
     });
     if allowed {
-        next.call(req).await
+        next.call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body)
     } else {
-        Err(ApiError::Unauthorized.into())
+        Ok(super::refuse(req, ApiError::Unauthorized))
     }
 }
 

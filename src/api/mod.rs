@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::{
-    body::MessageBody,
+    body::{EitherBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     middleware::{from_fn, Next},
     web, HttpRequest, HttpResponse,
@@ -27,6 +27,7 @@ mod health;
 mod id_tags;
 mod nodes;
 pub mod panels;
+pub mod request_id;
 mod subscriptions;
 mod terminals;
 pub mod websocket;
@@ -47,7 +48,8 @@ pub struct AppState {
 
 /// The route table.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
+    cfg.route("/", web::get().to(dashboard))
+        .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/pub/chat", web::get().to(websocket::tm20))
         .route("/ws/tm20", web::get().to(websocket::tm20))
@@ -162,6 +164,33 @@ pub fn configure_sxdm(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// The built-in dashboard (`/`): one static page, no build step. A WebSocket upgrade at `/` is still a terminal
+/// (some are configured with the bare host).
+async fn dashboard(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if is_websocket_upgrade(&req) {
+        return websocket::tm20(req, body, state).await;
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        // The page talks to this origin only; nothing else may frame or script it.
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; frame-ancestors 'none'",
+        ))
+        .body(include_str!("static/dashboard.html")))
+}
+
+fn is_websocket_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
 /// Terminals let people type any path in their menu: a WebSocket upgrade on a path nobody else claims is a
 /// terminal; anything else is a JSON 404.
 async fn fallback(
@@ -169,12 +198,7 @@ async fn fallback(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let is_upgrade = req
-        .headers()
-        .get(actix_web::http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if is_upgrade && req.method() == actix_web::http::Method::GET {
+    if is_websocket_upgrade(&req) && req.method() == actix_web::http::Method::GET {
         return websocket::tm20(req, body, state).await;
     }
     Err(not_found_error(&req).into())
@@ -210,19 +234,27 @@ fn not_found_error(req: &HttpRequest) -> ApiError {
     ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
 }
 
+/// A middleware's refusal as an answer (not an `Err`), so the outer middleware (request id) still sees it.
+fn refuse<B>(req: ServiceRequest, err: ApiError) -> ServiceResponse<EitherBody<B>> {
+    use actix_web::ResponseError;
+    req.into_response(err.error_response())
+        .map_into_right_body()
+}
+
 async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let expected = req
         .app_data::<web::Data<AppState>>()
         .map(|state| state.api_token.clone())
         .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
     match bearer_token(req.headers()) {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            next.call(req).await
-        }
-        _ => Err(ApiError::Unauthorized.into()),
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
+        _ => Ok(refuse(req, ApiError::Unauthorized)),
     }
 }
 

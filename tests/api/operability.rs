@@ -1,0 +1,106 @@
+//! Start-up configuration checks (one clear line naming the variable) and request ids.
+
+use std::process::{Command, Stdio};
+
+use crate::helpers::spawn_app;
+
+/// Runs `gatehouse serve` with `env` on a throwaway database; returns (success, stderr).
+fn serve_with(env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    command
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GATEHOUSE_BIND", "127.0.0.1:0")
+        .env("SXDM_BIND", "off")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/g.db?mode=rwc", dir.path().display()),
+        )
+        .env("GATEHOUSE_API_TOKEN", "t")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().unwrap();
+    // A good configuration would serve forever: every case here must stop on its own, quickly.
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[actix_rt::test]
+async fn serve_stops_with_a_line_naming_the_bad_variable() {
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let occupied = occupied.local_addr().unwrap().to_string();
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("COMMAND_TIMEOUT", "soon")], "COMMAND_TIMEOUT"),
+        (vec![("COMMAND_TIMEOUT", "0")], "COMMAND_TIMEOUT"),
+        (
+            vec![("DATABASE_URL", "mysql://root@localhost/x")],
+            "DATABASE_URL",
+        ),
+        (vec![("REDIS_URL", "not a url")], "REDIS_URL"),
+        (vec![("GATEHOUSE_BIND", "nowhere")], "GATEHOUSE_BIND"),
+        (
+            vec![("GATEHOUSE_BIND", occupied.as_str())],
+            "GATEHOUSE_BIND",
+        ),
+        (vec![("SXDM_BIND", occupied.as_str())], "SXDM_BIND"),
+        (
+            vec![("TM20_REQUIRE_WHITELIST", "maybe")],
+            "TM20_REQUIRE_WHITELIST",
+        ),
+    ];
+    for (env, variable) in cases {
+        let (ok, stderr) = serve_with(&env);
+        assert!(!ok, "{env:?} must stop serve");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(variable))
+            .unwrap_or_else(|| panic!("{env:?}: no line names {variable}:\n{stderr}"));
+        assert!(line.len() < 300, "one short line: {line}");
+    }
+}
+
+#[actix_rt::test]
+async fn every_answer_carries_a_request_id() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/healthz")).send().await.unwrap();
+    let generated = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a generated id")
+        .to_owned();
+    assert_eq!(generated.len(), 32);
+    let again = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_ne!(
+        again.headers().get("x-request-id").unwrap(),
+        generated.as_str()
+    );
+    // A proxy's id is kept (errors included); a hostile one is replaced.
+    let kept = app
+        .http
+        .get(app.url("/api/nothing-here"))
+        .insert_header(("X-Request-Id", "lb-42:abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status().as_u16(), 401);
+    assert_eq!(kept.headers().get("x-request-id").unwrap(), "lb-42:abc");
+    let replaced = app
+        .http
+        .get(app.url("/healthz"))
+        .insert_header(("X-Request-Id", "a b c"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(replaced.headers().get("x-request-id").unwrap(), "a b c");
+}
