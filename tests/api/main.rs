@@ -6,6 +6,7 @@ mod accounts;
 mod bad_input;
 mod cluster;
 mod commands;
+mod crash;
 mod dashboard;
 mod events;
 mod helpers;
