@@ -42,7 +42,7 @@ up() {
   for i in 1 2 3; do
     local port=$((BASE_PORT + i - 1))
     GATEHOUSE_BIND="127.0.0.1:$port" DATABASE_URL="$database_url" GATEHOUSE_API_TOKEN="$TOKEN" \
-      REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" GATEHOUSE_NODE_ID="node-$i" SXDM_BIND="off" \
+      REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" GATEHOUSE_NODE_ID="node-$i" SXDM_BIND="off" TRUST_FORWARDED_FOR=1 \
       nohup "$GATEHOUSE_BIN" serve >"$RUN_DIR/node-$i.log" 2>&1 &
     echo $! >"$RUN_DIR/node-$i.pid"
   done

@@ -190,6 +190,59 @@ pub struct Settings {
     #[arg(long, env = "SXDM_MAX_FRAME_BYTES", default_value_t = DEFAULT_SXDM_MAX_FRAME_BYTES)]
     pub sxdm_max_frame_bytes: usize,
 
+    /// Sockets (devices, subscribers, echo) one node holds at most; more are refused with 503 at the
+    /// handshake. 0: no cap. The default stays under the usual 20,000 open files per process.
+    #[arg(long, env = "GATEHOUSE_MAX_DEVICES", default_value_t = 19_000)]
+    pub max_devices: usize,
+
+    /// Sockets one client address may hold at once (429 beyond). 0: no cap.
+    #[arg(long, env = "IP_MAX_SOCKETS", default_value_t = 1_000)]
+    pub ip_max_sockets: usize,
+
+    /// New sockets per second one client address may open (429 beyond), after a burst of IP_CONNECT_BURST.
+    /// 0: no limit.
+    #[arg(long, env = "IP_CONNECT_RATE", default_value_t = 20.0)]
+    pub ip_connect_rate: f64,
+
+    #[arg(long, env = "IP_CONNECT_BURST", default_value_t = 200)]
+    pub ip_connect_burst: u32,
+
+    /// Frames per second one socket may send, after a burst of DEVICE_FRAME_BURST; beyond, each frame gets the
+    /// protocol's error, and a socket that keeps going (more refused frames in a row than the burst) is closed.
+    /// 0: no limit.
+    #[arg(long, env = "DEVICE_FRAME_RATE", default_value_t = 50.0)]
+    pub device_frame_rate: f64,
+
+    #[arg(long, env = "DEVICE_FRAME_BURST", default_value_t = 200)]
+    pub device_frame_burst: u32,
+
+    /// REST requests per second per client address, after a burst of REST_BURST (429 beyond). 0: no limit.
+    #[arg(long, env = "REST_RATE", default_value_t = 100)]
+    pub rest_rate: u64,
+
+    #[arg(long, env = "REST_BURST", default_value_t = 200)]
+    pub rest_burst: u32,
+
+    /// REST requests per second per bearer token, after a burst of REST_TOKEN_BURST. 0: no limit.
+    #[arg(long, env = "REST_TOKEN_RATE", default_value_t = 500)]
+    pub rest_token_rate: u64,
+
+    #[arg(long, env = "REST_TOKEN_BURST", default_value_t = 1_000)]
+    pub rest_token_burst: u32,
+
+    /// Wrong tokens from one address before it must wait (1 s, doubling to 60 s) before any token is checked.
+    /// 0: no back-off.
+    #[arg(long, env = "AUTH_FAIL_LIMIT", default_value_t = 10)]
+    pub auth_fail_limit: u32,
+
+    /// 1: the client address is the last one in `X-Forwarded-For` (set only behind a proxy that adds it).
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "0", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
+
+    /// Seconds a client has to send a request's head (and so a WebSocket handshake) before it is dropped.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub http_request_timeout: Duration,
+
     /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
@@ -218,6 +271,19 @@ impl Default for Settings {
             cluster_route_ttl: Duration::from_secs(30),
             cluster_heartbeat_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            max_devices: 19_000,
+            ip_max_sockets: 1_000,
+            ip_connect_rate: 20.0,
+            ip_connect_burst: 200,
+            device_frame_rate: 50.0,
+            device_frame_burst: 200,
+            rest_rate: 100,
+            rest_burst: 200,
+            rest_token_rate: 500,
+            rest_token_burst: 1_000,
+            auth_fail_limit: 10,
+            trust_forwarded_for: false,
+            http_request_timeout: Duration::from_secs(5),
             sxdm_bind: DEFAULT_SXDM_BIND.into(),
             sxdm_auth_token: None,
             sxdm_timeout: Duration::from_secs(30),
@@ -336,6 +402,23 @@ impl Settings {
             }
         }
         for (variable, value) in [
+            ("IP_CONNECT_RATE", self.ip_connect_rate),
+            ("DEVICE_FRAME_RATE", self.device_frame_rate),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(config_error(
+                    variable,
+                    "must be a number of per second, 0 or more",
+                ));
+            }
+        }
+        if self.http_request_timeout.is_zero() {
+            return Err(config_error(
+                "HTTP_REQUEST_TIMEOUT",
+                "must be more than 0 seconds",
+            ));
+        }
+        for (variable, value) in [
             ("COMMAND_QUEUE_SIZE", self.command_queue_size),
             ("TM20_MAX_FRAME_BYTES", self.tm20_max_frame_bytes),
             ("OCPP_MAX_FRAME_BYTES", self.ocpp_max_frame_bytes),
@@ -439,6 +522,22 @@ impl Settings {
                 "OCPP_MAX_FRAME_BYTES",
                 self.ocpp_max_frame_bytes.to_string(),
             ),
+            ("GATEHOUSE_MAX_DEVICES", self.max_devices.to_string()),
+            ("IP_MAX_SOCKETS", self.ip_max_sockets.to_string()),
+            ("IP_CONNECT_RATE", self.ip_connect_rate.to_string()),
+            ("IP_CONNECT_BURST", self.ip_connect_burst.to_string()),
+            ("DEVICE_FRAME_RATE", self.device_frame_rate.to_string()),
+            ("DEVICE_FRAME_BURST", self.device_frame_burst.to_string()),
+            ("REST_RATE", self.rest_rate.to_string()),
+            ("REST_BURST", self.rest_burst.to_string()),
+            ("REST_TOKEN_RATE", self.rest_token_rate.to_string()),
+            ("REST_TOKEN_BURST", self.rest_token_burst.to_string()),
+            ("AUTH_FAIL_LIMIT", self.auth_fail_limit.to_string()),
+            (
+                "TRUST_FORWARDED_FOR",
+                u8::from(self.trust_forwarded_for).to_string(),
+            ),
+            ("HTTP_REQUEST_TIMEOUT", secs(self.http_request_timeout)),
             ("SXDM_BIND", self.sxdm_bind.clone()),
             (
                 "SXDM_AUTH_TOKEN",

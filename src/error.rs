@@ -37,6 +37,9 @@ pub enum ApiError {
     BasicAuthRequired(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// 429 from a rate limit or the wrong-token back-off; the seconds to wait go in `Retry-After`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BasicAuthRequired(_) => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -81,7 +85,7 @@ impl ResponseError for ApiError {
             | ApiError::UnknownCommand(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotConnected(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull(_) | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::DeviceTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -101,6 +105,9 @@ impl ResponseError for ApiError {
             }
             ApiError::BasicAuthRequired(_) => {
                 response.insert_header(("WWW-Authenticate", "Basic realm=\"gatehouse\""));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                response.insert_header(("Retry-After", retry_after.to_string()));
             }
             _ => {}
         }

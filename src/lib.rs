@@ -12,6 +12,7 @@
 //!   WebSocket edge.
 //! - [`api`]: the REST routes.
 //! - [`delivery`]: queued commands delivered when their device comes online.
+//! - [`limits`]: abuse limits (sockets, connection and frame rates, REST rates, wrong-token back-off).
 //! - [`store`]: every database query and write.
 //! - [`sim`]: simulated devices for tests, `gatehouse simulate` and benchmarks.
 //!
@@ -24,6 +25,7 @@ pub mod delivery;
 pub mod devices;
 pub mod error;
 pub mod events;
+pub mod limits;
 pub mod registry;
 pub mod sim;
 pub mod startup;

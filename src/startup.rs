@@ -17,6 +17,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Settings;
 use crate::devices::tm20::session::SessionDeps;
 use crate::error;
+use crate::limits::{Limits, RestLimits};
 use crate::registry::{Registry, Shutdown};
 use crate::store::{Store, StoreError};
 
@@ -163,25 +164,35 @@ impl Application {
             .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port());
+        let limits = web::Data::from(Limits::new(&settings));
+        let rest_limits = RestLimits::new(&settings);
+        rest_limits.sweep_now_and_then();
+        let request_timeout = settings.http_request_timeout;
         let sxdm_addr = settings.sxdm_bind.trim().to_owned();
         let sxdm_server = match sxdm_listener {
             Some(listener) => {
                 let state = state.clone();
+                let limits = limits.clone();
+                let rest_limits = rest_limits.clone();
                 let max_body = settings.sxdm_max_frame_bytes;
                 let server = HttpServer::new(move || {
                     App::new()
                         .app_data(state.clone())
+                        .app_data(limits.clone())
                         .app_data(web::PayloadConfig::new(max_body))
                         .app_data(
                             web::PathConfig::default().error_handler(error::path_error_handler),
                         )
                         .wrap(NormalizePath::trim())
                         .wrap(from_fn(api::panels::intercept))
+                        .wrap(rest_limits.by_token())
+                        .wrap(rest_limits.by_address())
                         .wrap(from_fn(api::request_id::middleware))
                         .configure(api::configure_sxdm)
                         .default_service(web::to(api::panels::missing_sn))
                 })
                 .workers(1)
+                .client_request_timeout(request_timeout)
                 .listen(listener)
                 .map_err(|source| StartupError::Bind {
                     variable: "SXDM_BIND",
@@ -200,6 +211,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(limits.clone())
                 // Only the panels' third-party API reads raw bodies (JSON routes have their own limit).
                 .app_data(web::PayloadConfig::new(max_panel_body))
                 .app_data(
@@ -214,9 +226,12 @@ impl Application {
                 .wrap(NormalizePath::trim())
                 // Outermost: an `sxdmSn` call goes to its panel with the path exactly as sent.
                 .wrap(from_fn(api::panels::intercept))
+                .wrap(rest_limits.by_token())
+                .wrap(rest_limits.by_address())
                 .wrap(from_fn(api::request_id::middleware))
                 .configure(api::configure)
         })
+        .client_request_timeout(request_timeout)
         .listen(listener)
         .map_err(bind_err)?
         .shutdown_timeout(5)

@@ -30,6 +30,13 @@ const SPAWN_ENV: &[(&str, &str)] = &[
     ("GATEHOUSE_SHUTDOWN_GRACE", "1"),
     // Several servers may run at once; none needs the panels' fixed port.
     ("SXDM_BIND", "off"),
+    // Load generators are one abusive-looking client by design: measure the server, not its abuse limits.
+    ("GATEHOUSE_MAX_DEVICES", "0"),
+    ("IP_MAX_SOCKETS", "0"),
+    ("IP_CONNECT_RATE", "0"),
+    ("DEVICE_FRAME_RATE", "0"),
+    ("REST_RATE", "0"),
+    ("REST_TOKEN_RATE", "0"),
 ];
 /// Variables of the caller's environment that would change what a spawned server is (cluster mode, …).
 const SCRUBBED_ENV: &[&str] = &[

@@ -73,6 +73,10 @@ fn step(event: WsEvent) -> Step {
         WsEvent::Error(WsFailure::Protocol) => {
             Step::Close(CloseCode::Protocol, "websocket protocol error")
         }
+        WsEvent::Limited(_) => Step::Ignore,
+        WsEvent::Error(WsFailure::Flood) => {
+            Step::Close(CloseCode::Policy, "rate limit exceeded: too many frames")
+        }
     }
 }
 

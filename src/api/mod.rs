@@ -249,12 +249,55 @@ async fn require_token(
         .app_data::<web::Data<AppState>>()
         .map(|state| state.api_token.clone())
         .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-    match bearer_token(req.headers()) {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next
-            .call(req)
+    let gate = AuthGate::of(req.request());
+    if let Err(err) = gate.open() {
+        return Ok(refuse(req, err));
+    }
+    let ok = bearer_token(req.headers())
+        .is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes()));
+    if gate.record(ok) {
+        next.call(req)
             .await
-            .map(ServiceResponse::map_into_left_body),
-        _ => Ok(refuse(req, ApiError::Unauthorized)),
+            .map(ServiceResponse::map_into_left_body)
+    } else {
+        Ok(refuse(req, ApiError::Unauthorized))
+    }
+}
+
+/// The wrong-token back-off around one credential check (see [`crate::limits::Limits::auth_failed`]).
+pub(crate) struct AuthGate {
+    limits: Option<web::Data<crate::limits::Limits>>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl AuthGate {
+    pub(crate) fn of(req: &HttpRequest) -> AuthGate {
+        let limits = req.app_data::<web::Data<crate::limits::Limits>>().cloned();
+        let ip = limits.as_ref().and_then(|l| l.client_ip(req));
+        AuthGate { limits, ip }
+    }
+
+    /// `Err(429)` while this address must wait; no token is even compared then.
+    pub(crate) fn open(&self) -> Result<(), ApiError> {
+        match self.limits.as_ref().and_then(|l| l.auth_banned(self.ip)) {
+            Some(wait) => Err(ApiError::RateLimited {
+                message: "too many wrong tokens from this address; wait before trying again".into(),
+                retry_after: wait.as_secs().max(1),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the check's outcome and passes it on.
+    pub(crate) fn record(&self, ok: bool) -> bool {
+        if let Some(limits) = &self.limits {
+            if ok {
+                limits.auth_succeeded(self.ip);
+            } else {
+                limits.auth_failed(self.ip);
+            }
+        }
+        ok
     }
 }
 
@@ -272,6 +315,14 @@ fn bearer_token(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
 /// The admin token from `Authorization: Bearer …` or `?token=` (for browsers' WebSocket API, which cannot
 /// set headers).
 pub(crate) fn token_ok(req: &HttpRequest, expected: &str) -> bool {
+    let gate = AuthGate::of(req);
+    if gate.open().is_err() {
+        return false;
+    }
+    gate.record(presented_token_ok(req, expected))
+}
+
+fn presented_token_ok(req: &HttpRequest, expected: &str) -> bool {
     let from_query =
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
             .ok()

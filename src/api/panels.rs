@@ -74,10 +74,18 @@ fn sxdm_token_ok(req: &HttpRequest, state: &AppState) -> bool {
     else {
         return true;
     };
-    req.headers()
-        .get(TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|token| super::constant_time_eq(token.trim().as_bytes(), expected.as_bytes()))
+    let gate = super::AuthGate::of(req);
+    if gate.open().is_err() {
+        return false;
+    }
+    gate.record(
+        req.headers()
+            .get(TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|token| {
+                super::constant_time_eq(token.trim().as_bytes(), expected.as_bytes())
+            }),
+    )
 }
 
 /// Outermost middleware on both listeners: a request carrying `sxdmSn` is a call to that panel's API, whatever

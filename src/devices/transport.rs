@@ -10,6 +10,8 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::limits::{FrameBudget, FrameVerdict, Limits, SocketPermit};
+
 /// Frames that may wait for the writer per socket. A terminal exchanges one command at a time, so a device
 /// this far behind is not reading.
 pub const OUTBOX_CAPACITY: usize = 64;
@@ -23,7 +25,10 @@ pub enum WsEvent {
     Pong,
     /// The peer closed; its reason text if any.
     Close(Option<String>),
-    /// The frame stream failed (oversized frame, protocol violation, I/O).
+    /// A data frame over the socket's frame rate (`DEVICE_FRAME_RATE`): answer it with the protocol's error
+    /// (its text is given so the answer can name its id), do not process it.
+    Limited(String),
+    /// The frame stream failed (oversized frame, protocol violation, I/O, a persistent flood).
     Error(WsFailure),
 }
 
@@ -31,6 +36,8 @@ pub enum WsEvent {
 pub enum WsFailure {
     TooLarge,
     Protocol,
+    /// Frames kept coming over the rate limit: close with 1008.
+    Flood,
 }
 
 /// What a session actor sends to its socket.
@@ -98,7 +105,28 @@ pub fn accept(
     body: web::Payload,
     max_frame_bytes: usize,
 ) -> Result<Accepted, actix_web::Error> {
-    Ok(start(actix_ws::handle(req, body)?, max_frame_bytes))
+    let guard = admit(req)?;
+    Ok(start(actix_ws::handle(req, body)?, max_frame_bytes, guard))
+}
+
+/// A socket's place in the node's limits and its frame budget (none when no [`Limits`] are installed, as in
+/// unit tests).
+type Guard = Option<(SocketPermit, Option<FrameBudget>)>;
+
+/// Checks the socket limits before the handshake; a refusal is the HTTP answer (429 or 503).
+fn admit(req: &HttpRequest) -> Result<Guard, actix_web::Error> {
+    let Some(limits) = req.app_data::<web::Data<Limits>>() else {
+        return Ok(None);
+    };
+    let limits = limits.clone().into_inner();
+    let ip = limits.client_ip(req);
+    match limits.admit(ip) {
+        Ok(permit) => Ok(Some((permit, limits.frame_budget()))),
+        Err(refusal) => {
+            tracing::info!(client = ?ip, %refusal, "socket refused at the handshake");
+            Err(actix_web::error::InternalError::from_response(refusal, refusal.response()).into())
+        }
+    }
 }
 
 /// Like [`accept`], echoing `protocol` as the negotiated subprotocol (the caller checked it was offered).
@@ -111,9 +139,11 @@ pub fn accept_with_protocol(
     max_frame_bytes: usize,
     protocol: &'static str,
 ) -> Result<Accepted, actix_web::Error> {
+    let guard = admit(req)?;
     Ok(start(
         actix_ws::handle_with_protocols(req, body, &[protocol])?,
         max_frame_bytes,
+        guard,
     ))
 }
 
@@ -125,14 +155,41 @@ pub type WsEvents = std::pin::Pin<Box<dyn Stream<Item = WsEvent> + 'static>>;
 
 type Handshake = (HttpResponse, actix_ws::Session, actix_ws::MessageStream);
 
-fn start((response, session, stream): Handshake, max_frame_bytes: usize) -> Accepted {
+fn start((response, session, stream): Handshake, max_frame_bytes: usize, guard: Guard) -> Accepted {
+    let (permit, mut budget) = match guard {
+        Some((permit, budget)) => (Some(permit), budget),
+        None => (None, None),
+    };
+    let mut flooded = false;
+    // Data frames spend the socket's frame budget; control frames do not.
+    let mut verdict = move || match budget.as_mut().map(FrameBudget::check) {
+        None | Some(FrameVerdict::Process) => FrameVerdict::Process,
+        Some(other) => other,
+    };
     let events = stream
         .max_frame_size(max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(max_frame_bytes)
-        .map(|item| match item {
-            Ok(AggregatedMessage::Text(text)) => WsEvent::Text(text.to_string()),
-            Ok(AggregatedMessage::Binary(bytes)) => WsEvent::Binary(bytes),
+        .map(move |item| match item {
+            Ok(AggregatedMessage::Text(_) | AggregatedMessage::Binary(_)) if flooded => {
+                WsEvent::Error(WsFailure::Flood)
+            }
+            Ok(AggregatedMessage::Text(text)) => match verdict() {
+                FrameVerdict::Process => WsEvent::Text(text.to_string()),
+                FrameVerdict::Refuse => WsEvent::Limited(text.to_string()),
+                FrameVerdict::Flood => {
+                    flooded = true;
+                    WsEvent::Error(WsFailure::Flood)
+                }
+            },
+            Ok(AggregatedMessage::Binary(bytes)) => match verdict() {
+                FrameVerdict::Process => WsEvent::Binary(bytes),
+                FrameVerdict::Refuse => WsEvent::Limited(String::new()),
+                FrameVerdict::Flood => {
+                    flooded = true;
+                    WsEvent::Error(WsFailure::Flood)
+                }
+            },
             Ok(AggregatedMessage::Ping(bytes)) => WsEvent::Ping(bytes.to_vec()),
             Ok(AggregatedMessage::Pong(_)) => WsEvent::Pong,
             Ok(AggregatedMessage::Close(reason)) => {
@@ -146,6 +203,8 @@ fn start((response, session, stream): Handshake, max_frame_bytes: usize) -> Acce
         });
     let (tx, mut rx) = mpsc::channel::<OutFrame>(OUTBOX_CAPACITY);
     actix_rt::spawn(async move {
+        // The socket holds its place in the limits until the writer ends with it.
+        let _permit = permit;
         let mut session = session;
         while let Some(frame) = rx.recv().await {
             let sent = match frame {

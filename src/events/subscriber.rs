@@ -236,6 +236,12 @@ impl StreamHandler<WsEvent> for EventSubscriber {
                     .send(OutFrame::Close(CloseCode::Protocol, "bad frame".into()));
                 ctx.stop();
             }
+            WsEvent::Limited(_) => {
+                self.send(
+                    &serde_json::json!({"op": "error", "error": "rate_limited", "message": "too many ops; slow down"}),
+                    ctx,
+                );
+            }
             WsEvent::Binary(_) | WsEvent::Pong => {}
         }
     }

@@ -269,6 +269,7 @@ impl NodeProcess {
             .env("REDIS_PREFIX", prefix)
             .env("GATEHOUSE_NODE_ID", node)
             .env("SXDM_BIND", "off")
+            .env("DEVICE_FRAME_RATE", "0")
             .env("CLUSTER_HEARTBEAT_INTERVAL", "0.2")
             .env("CLUSTER_ROUTE_TTL", "3")
             .env("COMMAND_TIMEOUT", "30")

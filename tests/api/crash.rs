@@ -35,6 +35,7 @@ impl Node {
             .env("DATABASE_URL", database_url)
             .env("GATEHOUSE_API_TOKEN", TOKEN)
             .env("SXDM_BIND", "off")
+            .env("DEVICE_FRAME_RATE", "0")
             .env_remove("REDIS_URL")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

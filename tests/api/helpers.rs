@@ -78,6 +78,11 @@ pub async fn spawn_app_on(
         command_timeout: Duration::from_secs(5),
         // Tests run in parallel: the manager's fixed port is off unless a test asks for `127.0.0.1:0`.
         sxdm_bind: "off".into(),
+        // Floods and bursts are part of several tests; the abuse limits have their own tests (limits.rs).
+        device_frame_rate: 0.0,
+        ip_connect_rate: 0.0,
+        rest_rate: 0,
+        rest_token_rate: 0,
         ..Settings::default()
     };
     tweak(&mut settings);

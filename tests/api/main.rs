@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod events;
 mod helpers;
+mod limits;
 mod logs;
 mod metrics;
 mod ocpp;

@@ -791,6 +791,25 @@ impl StreamHandler<WsEvent> for OcppSession {
             WsEvent::Error(WsFailure::Protocol) => {
                 self.close(ctx, CloseCode::Protocol, "websocket protocol error")
             }
+            WsEvent::Limited(text) => {
+                // A CALL over the rate gets a CALLERROR (the charger retries it later); anything else is dropped.
+                if let Ok(Frame::Call { id, .. }) = framing::parse_frame(&text) {
+                    self.send_text(
+                        framing::call_error(
+                            &id,
+                            ErrorCode::GenericError,
+                            "rate limit exceeded (DEVICE_FRAME_RATE); slow down",
+                            &json!({}),
+                        ),
+                        ctx,
+                    );
+                }
+            }
+            WsEvent::Error(WsFailure::Flood) => self.close(
+                ctx,
+                CloseCode::Policy,
+                "rate limit exceeded: too many frames",
+            ),
         }
     }
 

@@ -571,6 +571,21 @@ impl StreamHandler<WsEvent> for PanelSession {
             WsEvent::Error(WsFailure::Protocol) => {
                 self.close(ctx, CloseCode::Protocol, "websocket protocol error")
             }
+            WsEvent::Limited(text) => {
+                if let Ok(Envelope::Request(request)) = envelope::parse(&text) {
+                    self.answer(
+                        &request.id,
+                        429,
+                        json!({"status": 429, "msg": "rate limit exceeded (DEVICE_FRAME_RATE); slow down"}),
+                        ctx,
+                    );
+                }
+            }
+            WsEvent::Error(WsFailure::Flood) => self.close(
+                ctx,
+                CloseCode::Policy,
+                "rate limit exceeded: too many frames",
+            ),
         }
     }
 

@@ -621,6 +621,21 @@ impl StreamHandler<WsEvent> for Tm20Session {
             WsEvent::Error(WsFailure::Protocol) => {
                 self.close(ctx, CloseCode::Protocol, "websocket protocol error")
             }
+            WsEvent::Limited(text) => {
+                // Not processed; a terminal re-sends what we answered `result:false` to.
+                if let Some(cmd) = sniff_cmd(&text) {
+                    let answer = protocol::result_false(
+                        &cmd,
+                        "rate limit exceeded (DEVICE_FRAME_RATE); slow down",
+                    );
+                    self.send_text(answer, ctx);
+                }
+            }
+            WsEvent::Error(WsFailure::Flood) => self.close(
+                ctx,
+                CloseCode::Policy,
+                "rate limit exceeded: too many frames",
+            ),
         }
     }
 
