@@ -39,6 +39,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
+    /// 402: the room's balance does not cover the price (billing).
+    #[error("{0}")]
+    PaymentRequired(String),
+    /// 401 for an endpoint's billing JWT or TOTP code (not the admin bearer token).
+    #[error("{0}")]
+    InvalidToken(String),
 }
 
 #[derive(Serialize)]
@@ -68,6 +74,8 @@ impl ApiError {
             ApiError::BasicAuthRequired(_) => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::PaymentRequired(_) => "payment_required",
+            ApiError::InvalidToken(_) => "invalid_token",
         }
     }
 }
@@ -89,6 +97,8 @@ impl ResponseError for ApiError {
             ApiError::BasicAuthRequired(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
         }
     }
 

@@ -14,10 +14,12 @@
 //! - [`delivery`]: queued commands delivered when their device comes online.
 //! - [`store`]: every database query and write.
 //! - [`sim`]: simulated devices for tests, `gatehouse simulate` and benchmarks.
+//! - [`billing`]: rooms, appliances and payments (TOTP, endpoint JWTs, bank imports).
 //!
 //! Data flows one way: socket → session actor → store; REST → registry → session actor → socket → reply.
 
 pub mod api;
+pub mod billing;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
