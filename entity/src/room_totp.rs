@@ -9,6 +9,10 @@ pub struct Model {
     pub secret: String,
     /// The last accepted 30 s time step; only later steps are accepted, so a code cannot be replayed.
     pub last_step: i64,
+    /// Wrong codes entered in `failure_window` (a window of several time steps); too many lock the room's
+    /// login until the window ends, so six digits cannot be guessed by brute force.
+    pub failures: i32,
+    pub failure_window: i64,
     pub created_at: DateTimeUtc,
 }
 

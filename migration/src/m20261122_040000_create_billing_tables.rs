@@ -34,6 +34,9 @@ impl MigrationTrait for Migration {
                     .col(string_len(RoomTotp::Secret, 128))
                     // The last accepted 30 s time step: a code is accepted only for a later step (no replay).
                     .col(big_integer(RoomTotp::LastStep).default(0))
+                    // Wrong codes in the current throttling window (brute-force protection).
+                    .col(integer(RoomTotp::Failures).default(0))
+                    .col(big_integer(RoomTotp::FailureWindow).default(0))
                     .col(timestamp_with_time_zone(RoomTotp::CreatedAt))
                     .foreign_key(
                         ForeignKey::create()
@@ -218,6 +221,8 @@ enum RoomTotp {
     RoomKey,
     Secret,
     LastStep,
+    Failures,
+    FailureWindow,
     CreatedAt,
 }
 

@@ -26,6 +26,12 @@ const MAX_UNITS: i64 = 1_000_000;
 const MAX_CENTS: i64 = 1_000_000_000;
 const MAX_NAME_CHARS: usize = 64;
 const MAX_REASON_CHARS: usize = 200;
+/// Wrong codes a room may see per throttling window before its login is refused until the window ends. With
+/// 3 valid codes (±1 step) in a million, this caps a guesser at ~1,440 tries a day (≈ 0.4 % success), while a
+/// resident who mistypes a few times is never locked out for long.
+const MAX_CODE_FAILURES: i32 = 10;
+/// Time steps (30 s) per throttling window: 10 minutes.
+const FAILURE_WINDOW_STEPS: u64 = 20;
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::InvalidParams {
@@ -182,6 +188,11 @@ fn parse_auth_code(value: &Value) -> Option<u32> {
     u32::try_from(code).ok().filter(|c| *c < 1_000_000)
 }
 
+fn too_many_codes(room: i64) -> ApiError {
+    tracing::warn!(room, "room login throttled after too many wrong codes");
+    ApiError::InvalidToken("too many wrong codes for this room; try again in a few minutes".into())
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -207,14 +218,26 @@ pub async fn verify(
     let key = totp::decode_secret(&secret.secret).ok_or_else(|| {
         ApiError::Internal(format!("room {} has a malformed TOTP secret", claims.room))
     })?;
-    let step = totp::matching_step(&key, code, unix_now()).ok_or_else(|| {
+    let now = unix_now();
+    let window = i64::try_from(totp::step_of(now) / FAILURE_WINDOW_STEPS).unwrap_or(i64::MAX);
+    let locked = |failures: i32| failures >= MAX_CODE_FAILURES;
+    if secret.failure_window == window && locked(secret.failures) {
+        return Err(too_many_codes(claims.room));
+    }
+    let Some(step) = totp::matching_step(&key, code, now) else {
+        let failures = state.store.record_totp_failure(claims.room, window).await?;
         tracing::info!(
             room = claims.room,
             endpoint = claims.endpoint,
+            failures,
             "wrong TOTP code"
         );
-        wrong_code()
-    })?;
+        return Err(if locked(failures) {
+            too_many_codes(claims.room)
+        } else {
+            wrong_code()
+        });
+    };
     let step = i64::try_from(step).map_err(|_| wrong_code())?;
     if !state.store.accept_totp_step(claims.room, step).await? {
         tracing::info!(
@@ -827,6 +850,50 @@ pub async fn list_runs(
         .map(run_json)
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortBody {
+    /// Cents the run is charged after all (default 0: a full refund).
+    #[serde(default)]
+    final_price: i64,
+    #[serde(default)]
+    final_units: i64,
+}
+
+/// `POST /api/runs/{id}/abort {"final_price"?: cents, "final_units"?}`: ends a run whose endpoint cannot (its
+/// start token expired or was revoked, the device died), with the same refund rule as a finish; frees the
+/// appliance. 409 when it is not running.
+pub async fn abort_run(
+    state: web::Data<AppState>,
+    id: web::Path<i32>,
+    body: web::Json<AbortBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    if !(0..=MAX_CENTS).contains(&body.final_price) {
+        return Err(invalid(
+            "final_price",
+            format!("final_price must be 0-{MAX_CENTS} cents"),
+        ));
+    }
+    let units = check_units(body.final_units)?;
+    match state
+        .store
+        .finish_run(id, units, body.final_price, true)
+        .await?
+    {
+        FinishOutcome::Finished(run) => {
+            tracing::info!(run = run.id, room = run.room_key, refund = ?run.refund, "run aborted by an admin");
+            publish_run(&state, &run);
+            Ok(HttpResponse::Ok().json(run_json(&run)))
+        }
+        FinishOutcome::NotRunning(run) => Err(ApiError::Conflict(format!(
+            "run {} is {} already",
+            run.id, run.state
+        ))),
+        FinishOutcome::NotFound => Err(ApiError::NotFound(format!("run {id} is unknown"))),
+    }
 }
 
 #[derive(Deserialize)]

@@ -175,6 +175,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     web::delete().to(billing::delete_appliance),
                 )
                 .route("/runs", web::get().to(billing::list_runs))
+                .route("/runs/{id}/abort", web::post().to(billing::abort_run))
                 .route("/payments", web::get().to(billing::list_payments))
                 .service(
                     web::resource("/payments/import")

@@ -277,6 +277,8 @@ impl Store {
             room_key: Set(key),
             secret: Set(secret.to_owned()),
             last_step: Set(0),
+            failures: Set(0),
+            failure_window: Set(0),
             created_at: Set(Utc::now()),
         }
         .insert(&txn)
@@ -305,6 +307,38 @@ impl Store {
             .exec(&self.db)
             .await?;
         Ok(accepted.rows_affected > 0)
+    }
+
+    /// Counts a wrong code of a room in throttling window `window`; returns the wrong codes in that window
+    /// so far (0 when the room has no secret).
+    ///
+    /// # Errors
+    /// On a database failure.
+    #[tracing::instrument(skip(self))]
+    pub async fn record_totp_failure(&self, key: i64, window: i64) -> Result<i32, StoreError> {
+        let txn = self.db.begin().await?;
+        // A new window starts from zero; both updates are conditional writes, so SQLite locks first.
+        room_totp::Entity::update_many()
+            .col_expr(room_totp::Column::Failures, Expr::value(0))
+            .col_expr(room_totp::Column::FailureWindow, Expr::value(window))
+            .filter(room_totp::Column::RoomKey.eq(key))
+            .filter(room_totp::Column::FailureWindow.ne(window))
+            .exec(&txn)
+            .await?;
+        room_totp::Entity::update_many()
+            .col_expr(
+                room_totp::Column::Failures,
+                Expr::col(room_totp::Column::Failures).add(1),
+            )
+            .filter(room_totp::Column::RoomKey.eq(key))
+            .exec(&txn)
+            .await?;
+        let failures = room_totp::Entity::find_by_id(key)
+            .one(&txn)
+            .await?
+            .map_or(0, |row| row.failures);
+        txn.commit().await?;
+        Ok(failures)
     }
 
     // ---- endpoints ------------------------------------------------------------------------------------

@@ -323,6 +323,47 @@ async fn wrong_old_and_replayed_codes_are_refused() {
     assert_eq!(status, 404);
 }
 
+/// A code that is none of the room's codes around now.
+fn wrong_code(secret: &str) -> u32 {
+    let now = unix_now();
+    let near: Vec<u32> = [now - 30, now, now + 30, now + 60]
+        .iter()
+        .map(|t| totp::code_at(secret, *t).unwrap())
+        .collect();
+    (0..1_000_000u32).find(|c| !near.contains(c)).unwrap()
+}
+
+#[actix_rt::test]
+async fn guessing_codes_locks_the_room_login_for_a_while() {
+    let (app, secret) = laundry(1000).await;
+    // The failure count lives in 10-minute windows; do not start right before one ends.
+    let into_window = unix_now() % 600;
+    if into_window > 590 {
+        tokio::time::sleep(Duration::from_secs(601 - into_window)).await;
+    }
+    let token = challenge(&app, ROOM, ENDPOINT).await;
+    for attempt in 1..=10 {
+        let (status, body) = verify(&app, &token, wrong_code(&secret)).await;
+        assert_eq!(status, 401, "{body}");
+        let throttled = body["message"].as_str().unwrap().contains("too many");
+        assert_eq!(throttled, attempt == 10, "attempt {attempt}: {body}");
+    }
+    // Now even the right code is refused, for this room only.
+    let code = totp::code_at(&secret, unix_now()).unwrap();
+    let (status, body) = verify(&app, &token, code).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("too many"),
+        "{body}"
+    );
+    create_room(&app, 777, 0).await;
+    let other_secret = totp_secret(&app, 777).await;
+    login(&app, 777, ENDPOINT, &other_secret, 0).await;
+    // Rotating the secret (an admin's act) starts the count afresh.
+    let rotated = totp_secret(&app, ROOM).await;
+    login(&app, ROOM, ENDPOINT, &rotated, 0).await;
+}
+
 #[actix_rt::test]
 async fn expired_challenge_and_access_tokens_are_refused() {
     let app = spawn_app_with(|s| {
@@ -415,6 +456,26 @@ async fn tokens_are_refused_for_any_other_purpose() {
     );
     let (status, _) = finish(&app, start_token, 1, json!(1), false).await;
     assert_eq!(status, 401);
+
+    // The run its endpoint can no longer finish is ended by an admin, charging 0.40 of the 1.00 reserved.
+    let (_, runs) = app.get("/api/runs?state=running").await;
+    let run_id = runs["items"][0]["id"].as_i64().unwrap();
+    let (status, aborted) = app
+        .post(
+            &format!("/api/runs/{run_id}/abort"),
+            json!({"final_price": 40}),
+        )
+        .await;
+    assert_eq!(status, 200, "{aborted}");
+    assert_eq!(
+        (aborted["state"].as_str(), aborted["refund"].as_i64()),
+        (Some("aborted"), Some(60))
+    );
+    assert_eq!(balance(&app, ROOM).await, 4960);
+    let (status, _) = app
+        .post(&format!("/api/runs/{run_id}/abort"), json!({}))
+        .await;
+    assert_eq!(status, 409);
 }
 
 #[actix_rt::test]
