@@ -188,11 +188,6 @@ fn parse_auth_code(value: &Value) -> Option<u32> {
     u32::try_from(code).ok().filter(|c| *c < 1_000_000)
 }
 
-fn too_many_codes(room: i64) -> ApiError {
-    tracing::warn!(room, "room login throttled after too many wrong codes");
-    ApiError::InvalidToken("too many wrong codes for this room; try again in a few minutes".into())
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -220,24 +215,31 @@ pub async fn verify(
     })?;
     let now = unix_now();
     let window = i64::try_from(totp::step_of(now) / FAILURE_WINDOW_STEPS).unwrap_or(i64::MAX);
-    let locked = |failures: i32| failures >= MAX_CODE_FAILURES;
-    if secret.failure_window == window && locked(secret.failures) {
-        return Err(too_many_codes(claims.room));
+    if !state
+        .store
+        .claim_totp_attempt(claims.room, window, MAX_CODE_FAILURES)
+        .await?
+    {
+        tracing::warn!(
+            room = claims.room,
+            "room login throttled after too many wrong codes"
+        );
+        return Err(ApiError::InvalidToken(
+            "too many wrong codes for this room; try again in a few minutes".into(),
+        ));
     }
     let Some(step) = totp::matching_step(&key, code, now) else {
-        let failures = state.store.record_totp_failure(claims.room, window).await?;
         tracing::info!(
             room = claims.room,
             endpoint = claims.endpoint,
-            failures,
             "wrong TOTP code"
         );
-        return Err(if locked(failures) {
-            too_many_codes(claims.room)
-        } else {
-            wrong_code()
-        });
+        return Err(wrong_code());
     };
+    state
+        .store
+        .release_totp_attempt(claims.room, window)
+        .await?;
     let step = i64::try_from(step).map_err(|_| wrong_code())?;
     if !state.store.accept_totp_step(claims.room, step).await? {
         tracing::info!(

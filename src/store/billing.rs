@@ -309,15 +309,21 @@ impl Store {
         Ok(accepted.rows_affected > 0)
     }
 
-    /// Counts a wrong code of a room in throttling window `window`; returns the wrong codes in that window
-    /// so far (0 when the room has no secret).
+    /// Claims one code attempt for a room in throttling window `window`: `false` when `max` attempts were
+    /// claimed in that window already (or the room has no secret). Claimed before the code is checked, in one
+    /// conditional write, so parallel guesses cannot all slip past the limit.
     ///
     /// # Errors
     /// On a database failure.
     #[tracing::instrument(skip(self))]
-    pub async fn record_totp_failure(&self, key: i64, window: i64) -> Result<i32, StoreError> {
+    pub async fn claim_totp_attempt(
+        &self,
+        key: i64,
+        window: i64,
+        max: i32,
+    ) -> Result<bool, StoreError> {
         let txn = self.db.begin().await?;
-        // A new window starts from zero; both updates are conditional writes, so SQLite locks first.
+        // A new window starts from zero.
         room_totp::Entity::update_many()
             .col_expr(room_totp::Column::Failures, Expr::value(0))
             .col_expr(room_totp::Column::FailureWindow, Expr::value(window))
@@ -325,20 +331,36 @@ impl Store {
             .filter(room_totp::Column::FailureWindow.ne(window))
             .exec(&txn)
             .await?;
-        room_totp::Entity::update_many()
+        let claimed = room_totp::Entity::update_many()
             .col_expr(
                 room_totp::Column::Failures,
                 Expr::col(room_totp::Column::Failures).add(1),
             )
             .filter(room_totp::Column::RoomKey.eq(key))
+            .filter(room_totp::Column::Failures.lt(max))
             .exec(&txn)
             .await?;
-        let failures = room_totp::Entity::find_by_id(key)
-            .one(&txn)
-            .await?
-            .map_or(0, |row| row.failures);
         txn.commit().await?;
-        Ok(failures)
+        Ok(claimed.rows_affected > 0)
+    }
+
+    /// Gives back an attempt claimed with [`Store::claim_totp_attempt`] whose code was right, so only wrong
+    /// codes count.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn release_totp_attempt(&self, key: i64, window: i64) -> Result<(), StoreError> {
+        room_totp::Entity::update_many()
+            .col_expr(
+                room_totp::Column::Failures,
+                Expr::col(room_totp::Column::Failures).sub(1),
+            )
+            .filter(room_totp::Column::RoomKey.eq(key))
+            .filter(room_totp::Column::FailureWindow.eq(window))
+            .filter(room_totp::Column::Failures.gt(0))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     // ---- endpoints ------------------------------------------------------------------------------------

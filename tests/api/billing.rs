@@ -342,11 +342,11 @@ async fn guessing_codes_locks_the_room_login_for_a_while() {
         tokio::time::sleep(Duration::from_secs(601 - into_window)).await;
     }
     let token = challenge(&app, ROOM, ENDPOINT).await;
-    for attempt in 1..=10 {
-        let (status, body) = verify(&app, &token, wrong_code(&secret)).await;
+    // Ten wrong codes at once: parallel guesses count like sequential ones.
+    let guesses = (0..10).map(|_| verify(&app, &token, wrong_code(&secret)));
+    for (status, body) in futures_util::future::join_all(guesses).await {
         assert_eq!(status, 401, "{body}");
-        let throttled = body["message"].as_str().unwrap().contains("too many");
-        assert_eq!(throttled, attempt == 10, "attempt {attempt}: {body}");
+        assert_eq!(body["message"], "wrong or expired code");
     }
     // Now even the right code is refused, for this room only.
     let code = totp::code_at(&secret, unix_now()).unwrap();
