@@ -246,6 +246,10 @@ pub struct Settings {
     /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
+
+    /// Rooms, appliances and payments (`BILLING_*`, `PAYMENTS_*`).
+    #[command(flatten)]
+    pub billing: crate::billing::BillingSettings,
 }
 
 impl Default for Settings {
@@ -305,6 +309,7 @@ impl Default for Settings {
             echo_enabled: true,
             echo_max_frame_bytes: DEFAULT_ECHO_MAX_FRAME_BYTES,
             echo_idle_timeout: Duration::from_secs(60),
+            billing: crate::billing::BillingSettings::default(),
         }
     }
 }
@@ -564,6 +569,7 @@ impl Settings {
         lines
             .iter()
             .map(|(name, value)| format!("{name}={value}"))
+            .chain(self.billing.describe_masked())
             .collect::<Vec<_>>()
             .join("\n")
     }

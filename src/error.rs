@@ -42,6 +42,12 @@ pub enum ApiError {
     RateLimited { message: String, retry_after: u64 },
     #[error("internal error")]
     Internal(String),
+    /// 402: the room's balance does not cover the price (billing).
+    #[error("{0}")]
+    PaymentRequired(String),
+    /// 401 for an endpoint's billing JWT or TOTP code (not the admin bearer token).
+    #[error("{0}")]
+    InvalidToken(String),
 }
 
 #[derive(Serialize)]
@@ -72,6 +78,8 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
+            ApiError::PaymentRequired(_) => "payment_required",
+            ApiError::InvalidToken(_) => "invalid_token",
         }
     }
 }
@@ -93,6 +101,8 @@ impl ResponseError for ApiError {
             ApiError::BasicAuthRequired(_) => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
         }
     }
 

@@ -15,10 +15,12 @@
 //! - [`limits`]: abuse limits (sockets, connection and frame rates, REST rates, wrong-token back-off).
 //! - [`store`]: every database query and write.
 //! - [`sim`]: simulated devices for tests, `gatehouse simulate` and benchmarks.
+//! - [`billing`]: rooms, appliances and payments (TOTP, endpoint JWTs, bank imports).
 //!
 //! Data flows one way: socket → session actor → store; REST → registry → session actor → socket → reply.
 
 pub mod api;
+pub mod billing;
 pub mod cluster;
 pub mod config;
 pub mod delivery;

@@ -38,6 +38,23 @@ enum Command {
     /// Run simulated devices against a node.
     #[command(subcommand)]
     Simulate(Simulate),
+    /// Bank payments of rooms.
+    #[command(subcommand)]
+    Payments(Payments),
+}
+
+#[derive(Subcommand)]
+enum Payments {
+    /// Import the bank's transaction JSON; prints {"imported":n,"duplicates":n,"invalid":n}.
+    Import {
+        /// The bank's transaction JSON file.
+        file: std::path::PathBuf,
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+        /// The only currency credited; other currencies are recorded as invalid.
+        #[arg(long, env = "PAYMENTS_CURRENCY", default_value = "CZK")]
+        currency: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +124,11 @@ async fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Healthcheck { bind } => healthcheck(&bind),
+        Command::Payments(Payments::Import {
+            file,
+            database_url,
+            currency,
+        }) => import_payments(&file, &database_url, &currency).await,
         Command::Simulate(Simulate::Tm20 {
             url,
             count,
@@ -184,5 +206,27 @@ async fn migrate(database_url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// `gatehouse payments import FILE`: the same import as `POST /api/payments/import`, on a migrated database.
+async fn import_payments(
+    file: &std::path::Path,
+    database_url: &str,
+    currency: &str,
+) -> Result<(), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let store = Store::connect(database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    let summary =
+        gatehouse::billing::payments::import(&store, None, &bytes, &currency.trim().to_uppercase())
+            .await
+            .map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::to_string(&summary).map_err(|e| e.to_string())?
+    );
     Ok(())
 }

@@ -128,6 +128,7 @@ impl Application {
         let registry = Registry::new(cluster.clone()).start();
         let events = crate::events::EventBus::new(node_id.clone());
         let grace = settings.shutdown_grace;
+        let billing = crate::billing::start(&settings.billing, &store, &events);
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {
             store: store.clone(),
@@ -143,6 +144,7 @@ impl Application {
             cluster: cluster.clone(),
             node_id: node_id.clone(),
             started_at: chrono::Utc::now(),
+            billing,
         });
         spawn_message_log_pruning(state.store.clone(), settings.ocpp_message_retention_days);
         if let Some(cluster) = &cluster {

@@ -10,6 +10,7 @@ mod m20261122_000002_create_ocpp_tables;
 mod m20261122_000003_add_command_delivery;
 mod m20261122_015600_create_account_tables;
 mod m20261122_030000_create_panel_tables;
+mod m20261122_040000_create_billing_tables;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_add_command_delivery::Migration),
             Box::new(m20261122_015600_create_account_tables::Migration),
             Box::new(m20261122_030000_create_panel_tables::Migration),
+            Box::new(m20261122_040000_create_billing_tables::Migration),
         ]
     }
 }

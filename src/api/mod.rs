@@ -19,6 +19,7 @@ use crate::registry::Registry;
 use crate::store::Store;
 
 mod accounts;
+mod billing;
 mod chargers;
 pub mod commands;
 mod echo;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// This node's id (the cluster's, or a fresh one when running alone).
     pub node_id: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Signing key and lifetimes of the appliance endpoints' JWTs (rooms, appliances and payments).
+    pub billing: crate::billing::Billing,
 }
 
 /// The route table.
@@ -66,6 +69,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(accounts::rfid_login))
                 .default_service(web::to(method_not_allowed)),
         )
+        // The appliance endpoints' calls carry their own JWTs, so they too come before the `/api` scope. The
+        // firmware adds a trailing slash, which `NormalizePath::trim` removes before routing.
+        .service(billing_resource("/api/auth/challenge", billing::challenge))
+        .service(billing_resource("/api/auth/verify", billing::verify))
+        .service(billing_resource("/api/appliance/start", billing::start))
+        .service(billing_resource("/api/appliance/finish", billing::finish))
         .service(
             web::scope("/api")
                 .wrap(from_fn(require_token))
@@ -140,6 +149,48 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     "/subscriptions/{id}/cancel",
                     web::post().to(subscriptions::cancel),
                 )
+                .route("/rooms", web::get().to(billing::list_rooms))
+                .route("/rooms", web::post().to(billing::create_room))
+                .route("/rooms/{key}", web::get().to(billing::get_room))
+                .route("/rooms/{key}", web::patch().to(billing::patch_room))
+                .route("/rooms/{key}", web::delete().to(billing::delete_room))
+                .route(
+                    "/rooms/{key}/adjustments",
+                    web::get().to(billing::list_adjustments),
+                )
+                .route(
+                    "/rooms/{key}/adjustments",
+                    web::post().to(billing::create_adjustment),
+                )
+                .route("/rooms/{key}/totp", web::post().to(billing::rotate_totp))
+                .route("/endpoints", web::get().to(billing::list_endpoints))
+                .route("/endpoints", web::post().to(billing::create_endpoint))
+                .route("/endpoints/{id}", web::get().to(billing::get_endpoint))
+                .route("/endpoints/{id}", web::patch().to(billing::patch_endpoint))
+                .route(
+                    "/endpoints/{id}",
+                    web::delete().to(billing::delete_endpoint),
+                )
+                .route("/appliances", web::get().to(billing::list_appliances))
+                .route("/appliances", web::post().to(billing::create_appliance))
+                .route("/appliances/{name}", web::get().to(billing::get_appliance))
+                .route(
+                    "/appliances/{name}",
+                    web::patch().to(billing::patch_appliance),
+                )
+                .route(
+                    "/appliances/{name}",
+                    web::delete().to(billing::delete_appliance),
+                )
+                .route("/runs", web::get().to(billing::list_runs))
+                .route("/runs/{id}/abort", web::post().to(billing::abort_run))
+                .route("/payments", web::get().to(billing::list_payments))
+                .service(
+                    web::resource("/payments/import")
+                        // Bank statements outgrow the default 256 KiB body limit.
+                        .app_data(web::PayloadConfig::new(MAX_BANK_FILE_BYTES))
+                        .route(web::post().to(billing::import_payments)),
+                )
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(fallback));
@@ -189,6 +240,21 @@ fn is_websocket_upgrade(req: &HttpRequest) -> bool {
         .get(actix_web::http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Largest bank transaction file `POST /api/payments/import` takes.
+const MAX_BANK_FILE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A POST-only resource of the appliance endpoints' API.
+fn billing_resource<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(method_not_allowed))
 }
 
 /// Terminals let people type any path in their menu: a WebSocket upgrade on a path nobody else claims is a

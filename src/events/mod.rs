@@ -32,8 +32,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "status",
     "meter",
     "transaction",
+    "run",
+    "payment",
 ];
-pub const KINDS: &[&str] = &["tm20", "ocpp", "sxdm"];
+pub const KINDS: &[&str] = &["tm20", "ocpp", "sxdm", "billing"];
 
 /// One event, as subscribers receive it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::devices::tm20::protocol::LogRecord;
 
 pub mod accounts;
+pub mod billing;
 pub mod ocpp;
 pub mod panels;
 pub mod queue;

@@ -1,6 +1,7 @@
 //! Crash safety: a node killed with SIGKILL in the middle of a stream of `sendlog` batches (terminals) and
 //! `MeterValues` (charge points) loses nothing it acknowledged, stores nothing twice when the devices re-send
-//! after the restart, and holds nothing that was never sent. Queued commands survive a SIGKILL too.
+//! after the restart, and holds nothing that was never sent. Queued commands survive a SIGKILL too, and money
+//! (room balances against appliance reservations) neither vanishes nor is spent twice.
 //! Runs on SQLite, and on PostgreSQL when `TEST_DATABASE_URL` is set.
 
 use std::collections::{BTreeSet, HashMap};
@@ -31,6 +32,7 @@ impl Node {
     async fn start(port: u16, database_url: &str) -> Node {
         let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
             .arg("serve")
+            .env("BILLING_JWT_SECRET", "crash-test-secret")
             .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", database_url)
             .env("GATEHOUSE_API_TOKEN", TOKEN)
@@ -451,4 +453,178 @@ async fn queued_commands_survive_a_sigkill() {
         }
         assert_eq!(state, "succeeded", "command {id}");
     }
+}
+
+/// One JSON call to the node; `None` when the node died under it.
+async fn call_json(
+    client: &awc::Client,
+    port: u16,
+    method: &str,
+    path: &str,
+    admin: bool,
+    body: Value,
+) -> Option<(u16, Value)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut request = client.request(
+        awc::http::Method::from_bytes(method.as_bytes()).unwrap(),
+        url,
+    );
+    if admin {
+        request = request.bearer_auth(TOKEN);
+    }
+    let mut response = if method == "GET" {
+        request.send().await.ok()?
+    } else {
+        request.send_json(&body).await.ok()?
+    };
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().limit(8 << 20).await.ok()?;
+    Some((status, body))
+}
+
+#[actix_rt::test]
+async fn sigkill_between_reservation_and_answer_neither_loses_nor_doubles_a_cent() {
+    const INITIAL: i64 = 100_000;
+    const APPLIANCES: usize = 24;
+    let (database_url, _dir) = fresh_database().await;
+    let port = free_port();
+    let mut node = Node::start(port, &database_url).await;
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let admin = |method: &'static str, path: String, body: Value| {
+        let client = client.clone();
+        async move {
+            call_json(&client, port, method, &path, true, body)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        admin(
+            "POST",
+            "/api/rooms".into(),
+            json!({"key": 777, "balance": INITIAL})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        admin(
+            "POST",
+            "/api/endpoints".into(),
+            json!({"id": 1, "name": "crash"})
+        )
+        .await
+        .0,
+        201
+    );
+    for i in 0..APPLIANCES {
+        let (status, _) = admin(
+            "POST",
+            "/api/appliances".into(),
+            json!({"name": format!("w{i}"), "price_per_unit": 1}),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let (_, totp) = admin("POST", "/api/rooms/777/totp".into(), json!({})).await;
+    let secret = totp["secret"].as_str().unwrap().to_owned();
+    let (_, challenge) = call_json(
+        &client,
+        port,
+        "POST",
+        "/api/auth/challenge/",
+        false,
+        json!({"room_num": 777, "endpoint_id": 1}),
+    )
+    .await
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let code = gatehouse::billing::totp::code_at(&secret, now).unwrap();
+    let (status, access) = call_json(
+        &client,
+        port,
+        "POST",
+        "/api/auth/verify/",
+        false,
+        json!({"token": challenge["token"], "auth_code": code}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{access}");
+    let access = access["token"].as_str().unwrap().to_owned();
+
+    // Many starts at once (each reserves 20.00 = 2000 cents); the node dies while they are being answered.
+    let starts = (0..APPLIANCES).map(|i| {
+        let client = client.clone();
+        let access = access.clone();
+        async move {
+            call_json(&client, port, "POST", "/api/appliance/start/", false,
+                      json!({"token": access, "appliance_name": format!("w{i}"), "units": 300, "price": 20})).await
+        }
+    });
+    let racing = futures_util::future::join_all(starts);
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        node.kill_9();
+    };
+    let (answers, ()) = tokio::join!(racing, killer);
+    let acknowledged: Vec<String> = answers
+        .iter()
+        .flatten()
+        .filter(|(status, _)| *status == 201)
+        .map(|(_, body)| body["token"].as_str().unwrap().to_owned())
+        .collect();
+
+    let _node = Node::start(port, &database_url).await;
+    let (_, room) = admin("GET", "/api/rooms/777".into(), json!(null)).await;
+    let (_, runs) = admin("GET", "/api/runs?room=777".into(), json!(null)).await;
+    let runs = runs["items"].as_array().unwrap().clone();
+    let reserved: i64 = runs
+        .iter()
+        .filter(|r| r["state"] == "running")
+        .map(|r| r["initial_price"].as_i64().unwrap())
+        .sum();
+    // Every cent is either in the balance or reserved by a run that exists; every acknowledged start has one.
+    assert_eq!(
+        room["balance"].as_i64().unwrap() + reserved,
+        INITIAL,
+        "room {room}, runs {runs:?}"
+    );
+    assert!(runs.len() >= acknowledged.len());
+    eprintln!(
+        "money crash test: {} starts acknowledged, {} runs committed before the kill",
+        acknowledged.len(),
+        runs.len()
+    );
+
+    // Acknowledged runs finish through the endpoint (free of charge), the others an admin aborts: all back.
+    for token in &acknowledged {
+        let (status, body) = call_json(
+            &client,
+            port,
+            "POST",
+            "/api/appliance/finish/",
+            false,
+            json!({"token": token, "units": 0, "price": 0, "aborted": true}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    for run in runs.iter().filter(|r| r["state"] == "running") {
+        let (status, _) = admin("POST", format!("/api/runs/{}/abort", run["id"]), json!({})).await;
+        assert!(status == 200 || status == 409, "abort answered {status}");
+    }
+    let (_, room) = admin("GET", "/api/rooms/777".into(), json!(null)).await;
+    assert_eq!(
+        room["balance"].as_i64().unwrap(),
+        INITIAL,
+        "every reservation came back exactly once"
+    );
 }

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod bad_input;
+mod billing;
 mod cluster;
 mod commands;
 mod crash;
