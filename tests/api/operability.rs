@@ -104,3 +104,73 @@ async fn every_answer_carries_a_request_id() {
         .unwrap();
     assert_ne!(replaced.headers().get("x-request-id").unwrap(), "a b c");
 }
+
+#[actix_rt::test]
+async fn log_lines_about_a_device_carry_its_serial_number_kind_and_node() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::helpers::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+        .env("SXDM_BIND", "off")
+        .env_remove("REDIS_URL")
+        .env("GATEHOUSE_NODE_ID", "node-logs")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/g.db?mode=rwc", dir.path().display()),
+        )
+        .env("GATEHOUSE_API_TOKEN", "t")
+        .env("GATEHOUSE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut terminal = None;
+    for _ in 0..200 {
+        if let Ok(t) =
+            gatehouse::sim::tm20::SimTerminal::connect(gatehouse::sim::tm20::SimConfig::new(
+                format!("ws://127.0.0.1:{port}/pub/chat"),
+                "LOGSN001",
+            ))
+            .await
+        {
+            terminal = Some(t);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let terminal = terminal.expect("the node accepts a terminal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut found = None;
+    while std::time::Instant::now() < deadline && found.is_none() {
+        if let Ok(line) = lines_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            if line.contains("terminal registered") {
+                found = Some(line);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(terminal);
+    let line = found.expect("a registration log line");
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let span = &json["span"];
+    assert_eq!(span["kind"], "tm20", "{line}");
+    assert_eq!(span["sn"], "LOGSN001", "{line}");
+    assert_eq!(span["node"], "node-logs", "{line}");
+}

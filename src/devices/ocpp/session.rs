@@ -64,6 +64,8 @@ pub enum CallRejected {
 }
 
 pub struct OcppSession {
+    /// Every log line of this socket carries its kind, node and (once known) serial number.
+    span: tracing::Span,
     conn_id: ConnId,
     charge_point_id: String,
     charger_id: i32,
@@ -96,6 +98,7 @@ impl OcppSession {
         charger_id: i32,
     ) -> Self {
         OcppSession {
+            span: tracing::info_span!("device", kind = super::DEVICE_KIND, sn = tracing::field::Empty, node = %deps.events.node()),
             conn_id: crate::devices::next_conn_id(),
             charge_point_id,
             charger_id,
@@ -711,6 +714,8 @@ impl Actor for OcppSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.span.record("sn", self.charge_point_id.as_str());
+        let _span = self.span.clone().entered();
         ctx.run_interval(self.deps.settings.ocpp_ping_interval, |act, ctx| {
             act.ping_tick(ctx)
         });
@@ -734,6 +739,7 @@ impl Actor for OcppSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         metrics::counter!("gatehouse_disconnects_total", "kind" => super::DEVICE_KIND, "reason" => self.disconnect_reason)
             .increment(1);
         tracing::info!(cp = %self.charge_point_id, conn_id = self.conn_id, "charge point disconnected");
@@ -762,6 +768,7 @@ impl Actor for OcppSession {
 
 impl StreamHandler<WsEvent> for OcppSession {
     fn handle(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.last_frame = Instant::now();
         self.seen_since_persist = true;
         metrics::counter!("gatehouse_frames_in_total", "kind" => super::DEVICE_KIND).increment(1);
@@ -823,6 +830,7 @@ impl Handler<SendCall> for OcppSession {
 
     /// Queues a CALL (bounded) and starts it when the charge point is free.
     fn handle(&mut self, SendCall(call): SendCall, ctx: &mut Context<Self>) -> Self::Result {
+        let _span = self.span.clone().entered();
         if self.draining || self.closing {
             return Err(CallRejected::Closing);
         }
@@ -840,6 +848,7 @@ impl Handler<CloseSession> for OcppSession {
 
     /// Closes the socket; used when a newer connection replaces this one.
     fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.close(ctx, msg.code, &msg.reason);
     }
 }
@@ -849,6 +858,7 @@ impl Handler<Drain> for OcppSession {
 
     /// Closes with 1001 once no CALL is queued or in flight, or when the grace period ends.
     fn handle(&mut self, msg: Drain, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.draining = true;
         self.close_if_drained(ctx);
         ctx.run_later(msg.grace, |act, ctx| {

@@ -75,6 +75,8 @@ struct Challenge {
 }
 
 pub struct PanelSession {
+    /// Every log line of this socket carries its kind, node and (once known) serial number.
+    span: tracing::Span,
     conn_id: ConnId,
     remote_addr: String,
     connected_at: DateTime<Utc>,
@@ -100,6 +102,7 @@ impl PanelSession {
     pub fn new(deps: Arc<SessionDeps>, outbox: Outbox, remote_addr: String) -> Self {
         let now = Utc::now();
         PanelSession {
+            span: tracing::info_span!("device", kind = super::DEVICE_KIND, sn = tracing::field::Empty, node = %deps.events.node()),
             conn_id: crate::devices::next_conn_id(),
             remote_addr,
             connected_at: now,
@@ -325,6 +328,8 @@ impl PanelSession {
     }
 
     fn logged_in(&mut self, sn: String, request_id: &str, ctx: &mut Context<Self>) {
+        self.span.record("sn", sn.as_str());
+        let _span = self.span.clone().entered();
         tracing::info!(sn = %sn, kind = super::DEVICE_KIND, conn_id = self.conn_id, remote = %self.remote_addr, "panel logged in");
         self.sn = Some(sn.clone());
         self.last_frame_at = Utc::now();
@@ -502,6 +507,7 @@ impl Actor for PanelSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         tracing::info!(kind = super::DEVICE_KIND, conn_id = self.conn_id, remote = %self.remote_addr, "panel socket opened");
         let interval = self
             .deps
@@ -517,6 +523,7 @@ impl Actor for PanelSession {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         metrics::counter!("gatehouse_disconnects_total", "kind" => super::DEVICE_KIND, "reason" => self.disconnect_reason)
             .increment(1);
         for (_, pending) in self.pending.drain() {
@@ -542,6 +549,7 @@ impl Actor for PanelSession {
 
 impl StreamHandler<WsEvent> for PanelSession {
     fn handle(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.last_frame = Instant::now();
         self.last_frame_at = Utc::now();
         self.seen_since_persist = true;
@@ -598,6 +606,7 @@ impl Handler<SendCall> for PanelSession {
     type Result = Result<(), CallRejected>;
 
     fn handle(&mut self, SendCall(queued): SendCall, ctx: &mut Context<Self>) -> Self::Result {
+        let _span = self.span.clone().entered();
         if self.sn.is_none() || self.draining || self.closing {
             return Err(CallRejected::NotReady);
         }
@@ -641,6 +650,7 @@ impl Handler<GetStatus> for PanelSession {
     type Result = Option<PanelStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        let _span = self.span.clone().entered();
         self.sn.clone().map(|sn| PanelStatus {
             sn,
             last_heartbeat_ms: self.last_frame_at.timestamp_millis(),
@@ -652,6 +662,7 @@ impl Handler<CloseSession> for PanelSession {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.close(ctx, msg.code, &msg.reason);
     }
 }
@@ -660,6 +671,7 @@ impl Handler<Drain> for PanelSession {
     type Result = ();
 
     fn handle(&mut self, msg: Drain, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.draining = true;
         self.close_if_drained(ctx);
         ctx.run_later(msg.grace, |act, ctx| {

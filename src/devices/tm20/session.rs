@@ -50,6 +50,8 @@ enum Phase {
 }
 
 pub struct Tm20Session {
+    /// Every log line of this socket carries its kind, node and (once known) serial number.
+    span: tracing::Span,
     conn_id: ConnId,
     remote_addr: String,
     connected_at: DateTime<Utc>,
@@ -107,6 +109,7 @@ pub enum CommandRejected {
 impl Tm20Session {
     pub fn new(deps: Arc<SessionDeps>, outbox: Outbox, remote_addr: String) -> Self {
         Tm20Session {
+            span: tracing::info_span!("device", kind = super::DEVICE_KIND, sn = tracing::field::Empty, node = %deps.events.node()),
             conn_id: crate::devices::next_conn_id(),
             remote_addr,
             connected_at: Utc::now(),
@@ -275,6 +278,8 @@ impl Tm20Session {
         };
         ctx.wait(work.into_actor(self).map(move |decision, act, ctx| match decision {
             Ok(RegDecision::Accepted(terminal_id)) => {
+                act.span.record("sn", sn.as_str());
+                let _span = act.span.clone().entered();
                 tracing::info!(sn = %sn, conn_id = act.conn_id, remote = %act.remote_addr, "terminal registered");
                 act.phase = Phase::Registered {
                     sn: sn.clone(),
@@ -552,6 +557,7 @@ impl Actor for Tm20Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         let settings = &self.deps.settings;
         ctx.run_interval(settings.tm20_heartbeat_interval, |act, ctx| {
             act.heartbeat(ctx)
@@ -565,6 +571,7 @@ impl Actor for Tm20Session {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         if matches!(self.phase, Phase::Registered { .. }) {
             metrics::counter!("gatehouse_disconnects_total", "kind" => super::DEVICE_KIND, "reason" => self.disconnect_reason)
                 .increment(1);
@@ -597,6 +604,7 @@ impl Actor for Tm20Session {
 
 impl StreamHandler<WsEvent> for Tm20Session {
     fn handle(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.last_frame = Instant::now();
         self.seen_since_persist = true;
         metrics::counter!("gatehouse_frames_in_total", "kind" => super::DEVICE_KIND).increment(1);
@@ -653,6 +661,7 @@ impl Handler<SendCommand> for Tm20Session {
         SendCommand(command): SendCommand,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
+        let _span = self.span.clone().entered();
         if matches!(self.phase, Phase::AwaitingReg) || self.draining {
             return Err(CommandRejected::NotRegistered);
         }
@@ -670,6 +679,7 @@ impl Handler<CloseSession> for Tm20Session {
 
     /// Closes the socket; used when a newer connection replaces this one.
     fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.close(ctx, msg.code, &msg.reason);
     }
 }
@@ -679,6 +689,7 @@ impl Handler<Drain> for Tm20Session {
 
     /// Closes with 1001 once no command is queued or in flight, or when the grace period ends.
     fn handle(&mut self, msg: Drain, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         self.draining = true;
         self.close_if_drained(ctx);
         ctx.run_later(msg.grace, |act, ctx| {
