@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::devices::tm20::protocol::LogRecord;
 
 pub mod accounts;
+mod audit;
 pub mod billing;
 pub mod ocpp;
 pub mod panels;
@@ -34,6 +35,8 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Group commit of the command audit trail (see [`audit`]).
+    audit: audit::AuditWriter,
 }
 
 /// Rows per INSERT statement: keeps far below SQLite's bound-parameter limit (11 columns per log row).
@@ -61,7 +64,8 @@ impl Store {
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
             });
         let db = Database::connect(options).await?;
-        Ok(Store { db })
+        let audit = audit::AuditWriter::start(db.clone());
+        Ok(Store { db, audit })
     }
 
     /// Applies pending migrations.
@@ -447,41 +451,16 @@ impl Store {
 
     /// # Errors
     /// On a database failure.
-    pub async fn insert_command(&self, row: NewCommand) -> Result<command::Model, StoreError> {
-        let model = command::ActiveModel {
-            id: Set(row.id),
-            device_kind: Set(row.device_kind.to_owned()),
-            device: Set(row.device),
-            command: Set(row.command),
-            params: Set(row.params),
-            state: Set(CommandState::Queued.as_str().to_owned()),
-            reply: Set(None),
-            error: Set(None),
-            requested_at: Set(Utc::now()),
-            sent_at: Set(None),
-            finished_at: Set(None),
-            deliver_queued: Set(row.deliver_queued),
-            expires_at: Set(row.expires_at),
-            claim_token: Set(None),
-            claimed_at: Set(None),
-        };
-        Ok(model.insert(&self.db).await?)
+    pub async fn insert_command(&self, row: NewCommand) -> Result<(), StoreError> {
+        self.audit
+            .write(audit::AuditOp::Insert(row, Utc::now()))
+            .await
     }
 
     /// # Errors
     /// On a database failure.
     pub async fn mark_command_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        command::Entity::update_many()
-            .col_expr(
-                command::Column::State,
-                Expr::value(CommandState::Sent.as_str()),
-            )
-            .col_expr(command::Column::SentAt, Expr::value(at))
-            .filter(command::Column::Id.eq(id))
-            .filter(command::Column::State.eq(CommandState::Queued.as_str()))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        self.audit.write(audit::AuditOp::Sent { id, at }).await
     }
 
     /// # Errors
@@ -493,15 +472,15 @@ impl Store {
         reply: Option<Value>,
         error: Option<String>,
     ) -> Result<(), StoreError> {
-        command::Entity::update_many()
-            .col_expr(command::Column::State, Expr::value(state.as_str()))
-            .col_expr(command::Column::Reply, Expr::value(reply))
-            .col_expr(command::Column::Error, Expr::value(error))
-            .col_expr(command::Column::FinishedAt, Expr::value(Utc::now()))
-            .filter(command::Column::Id.eq(id))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        self.audit
+            .write(audit::AuditOp::Finish {
+                id,
+                state,
+                reply,
+                error,
+                at: Utc::now(),
+            })
+            .await
     }
 
     /// # Errors
@@ -640,6 +619,7 @@ pub struct UserUpsert {
     pub record: Option<String>,
 }
 
+#[derive(Debug)]
 pub struct NewCommand {
     pub id: Uuid,
     pub device_kind: &'static str,
