@@ -37,6 +37,14 @@ pub struct Settings {
     #[arg(long, env = "GATEHOUSE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// Where the generated token is saved (and read back on the next start) when GATEHOUSE_API_TOKEN is unset.
+    #[arg(
+        long,
+        env = "GATEHOUSE_API_TOKEN_FILE",
+        default_value = "gatehouse-token"
+    )]
+    pub api_token_file: String,
+
     /// Seconds between WebSocket pings to a terminal.
     #[arg(long, env = "TM20_HEARTBEAT_INTERVAL", default_value = "30", value_parser = parse_seconds)]
     pub tm20_heartbeat_interval: Duration,
@@ -258,6 +266,7 @@ impl Default for Settings {
             bind: "0.0.0.0:7788".into(),
             database_url: DEFAULT_DATABASE_URL.into(),
             api_token: None,
+            api_token_file: "gatehouse-token".into(),
             tm20_heartbeat_interval: Duration::from_secs(30),
             tm20_connection_timeout: Duration::from_secs(120),
             tm20_require_whitelist: false,
@@ -462,7 +471,7 @@ impl Settings {
                 if self.api_token.is_some() {
                     "***".into()
                 } else {
-                    "(generated at start)".into()
+                    format!("(generated, saved in {})", self.api_token_file)
                 },
             ),
             (

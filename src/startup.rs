@@ -96,12 +96,7 @@ impl Application {
         store.migrate().await?;
         let api_token = match settings.api_token.clone().filter(|t| !t.trim().is_empty()) {
             Some(token) => token,
-            None => {
-                let token = generate_token();
-                // Logged once, so that whoever started the node can use it; set GATEHOUSE_API_TOKEN to avoid this.
-                tracing::warn!(token = %token, "GATEHOUSE_API_TOKEN is not set; generated a token for this run");
-                token
-            }
+            None => token_from_file(&settings.api_token_file)?,
         };
         let bind_addr = settings.bind.clone();
         let bind_err = |source| StartupError::Bind {
@@ -362,6 +357,41 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Without `GATEHOUSE_API_TOKEN`: the token saved in `path` by an earlier start, or a new one saved there
+/// (owner-only permissions). The token itself is never logged, only where it is.
+fn token_from_file(path: &str) -> Result<String, StartupError> {
+    let failed = |what: &str, err: std::io::Error| {
+        StartupError::Config(crate::config::ConfigError {
+            variable: "GATEHOUSE_API_TOKEN",
+            message: format!("not set, and the token file {path} cannot be {what} ({err}); set GATEHOUSE_API_TOKEN or GATEHOUSE_API_TOKEN_FILE"),
+        })
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => {
+            tracing::info!(file = %path, "GATEHOUSE_API_TOKEN is not set; using the API token saved in the token file");
+            return Ok(text.trim().to_owned());
+        }
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(failed("read", err)),
+    }
+    let token = generate_token();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|err| failed("written", err))?;
+        writeln!(file, "{token}").map_err(|err| failed("written", err))?;
+    }
+    tracing::warn!(file = %path, "GATEHOUSE_API_TOKEN is not set; generated an API token and saved it in the token file (read it from there; it is never logged)");
+    Ok(token)
 }
 
 fn generate_token() -> String {

@@ -174,3 +174,79 @@ async fn log_lines_about_a_device_carry_its_serial_number_kind_and_node() {
     assert_eq!(span["sn"], "LOGSN001", "{line}");
     assert_eq!(span["node"], "node-logs", "{line}");
 }
+
+#[actix_rt::test]
+async fn a_generated_token_goes_to_the_token_file_never_to_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let port = crate::helpers::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GATEHOUSE_BIND", format!("127.0.0.1:{port}"))
+            .env("SXDM_BIND", "off")
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}/g.db?mode=rwc", dir.path().display()),
+            )
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child, port)
+    };
+    let client = awc::Client::default();
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (child, port) = start();
+        let mut status = 0;
+        for _ in 0..200 {
+            let path = dir.path().join("gatehouse-token");
+            if let Ok(token) = std::fs::read_to_string(&path) {
+                if let Ok(response) = client
+                    .get(format!("http://127.0.0.1:{port}/api/terminals"))
+                    .bearer_auth(token.trim())
+                    .send()
+                    .await
+                {
+                    status = response.status().as_u16();
+                    tokens.push(token.trim().to_owned());
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, 200, "the saved token opens the API");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let output = child.wait_with_output().unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = tokens.last().unwrap();
+        assert!(
+            !log.contains(token.as_str()),
+            "the token leaked into the log"
+        );
+        assert!(
+            log.contains("token file"),
+            "the log says where the token is:\n{log}"
+        );
+    }
+    assert_eq!(
+        tokens[0], tokens[1],
+        "the next start reuses the saved token"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("gatehouse-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "only the owner may read the token file");
+}
