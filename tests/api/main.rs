@@ -12,6 +12,7 @@ mod helpers;
 mod logs;
 mod metrics;
 mod ocpp;
+mod openapi;
 mod operability;
 mod panels;
 mod queue;
