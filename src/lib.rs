@@ -10,7 +10,7 @@
 //! - [`cluster`]: Redis directory of which node holds which device, command forwarding, node liveness.
 //! - [`devices`]: one module per device family (wire protocol, session actor, commands) and the shared
 //!   WebSocket edge.
-//! - [`api`]: the REST routes.
+//! - [`api`]: the REST routes and their OpenAPI document (`api::openapi`).
 //! - [`delivery`]: queued commands delivered when their device comes online.
 //! - [`limits`]: abuse limits (sockets, connection and frame rates, REST rates, wrong-token back-off).
 //! - [`store`]: every database query and write.

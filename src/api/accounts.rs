@@ -11,6 +11,7 @@ use entity::account;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::JsonObject;
 use super::subscriptions::subscriptions_json;
 use super::{bearer_token, constant_time_eq, AppState};
 use crate::error::ApiError;
@@ -87,9 +88,10 @@ fn normalize_email(email: &str) -> Result<String, ApiError> {
     Ok(email)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountBody {
+    #[schema(min_length = 1)]
     name: Option<String>,
     email: Option<String>,
     is_active: Option<bool>,
@@ -104,6 +106,17 @@ fn unknown(id: i32) -> ApiError {
 }
 
 /// `GET /api/accounts`
+#[utoipa::path(
+    get,
+    operation_id = "accounts_list",
+    path = "/api/accounts",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "Every account", body = crate::api::openapi::AccountList),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let items: Vec<Value> = state
         .store
@@ -116,9 +129,24 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 }
 
 /// `POST /api/accounts`: 201, or 409 when the email is taken.
+#[utoipa::path(
+    post,
+    operation_id = "accounts_create",
+    path = "/api/accounts",
+    tag = "accounts",
+    request_body = crate::api::openapi::AccountCreate,
+    responses(
+        (status = 201, description = "Created", body = crate::api::openapi::Account),
+        (status = 400, description = "Malformed body, or a missing or malformed name or email (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The email is taken", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     state: web::Data<AppState>,
-    body: web::Json<AccountBody>,
+    body: JsonObject<AccountBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let name = validate_name(
@@ -147,6 +175,22 @@ pub async fn create(
 }
 
 /// `GET /api/accounts/{id}`: with `id_tags` and `active_subscriptions`.
+#[utoipa::path(
+    get,
+    operation_id = "accounts_get",
+    path = "/api/accounts/{id}",
+    tag = "accounts",
+    params(
+        ("id" = i32, Path, description = "Account id"),
+    ),
+    responses(
+        (status = 200, description = "The account", body = crate::api::openapi::Account),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown account", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get(state: web::Data<AppState>, id: web::Path<i32>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let row = state.store.account(id).await?.ok_or_else(|| unknown(id))?;
@@ -154,10 +198,29 @@ pub async fn get(state: web::Data<AppState>, id: web::Path<i32>) -> Result<HttpR
 }
 
 /// `PATCH /api/accounts/{id}`: any of `name`, `email`, `is_active`.
+#[utoipa::path(
+    patch,
+    operation_id = "accounts_patch",
+    path = "/api/accounts/{id}",
+    tag = "accounts",
+    params(
+        ("id" = i32, Path, description = "Account id"),
+    ),
+    request_body = AccountBody,
+    responses(
+        (status = 200, description = "The account, changed", body = crate::api::openapi::Account),
+        (status = 400, description = "Malformed body or id, or an invalid field (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown account", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The email is taken", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn patch(
     state: web::Data<AppState>,
     id: web::Path<i32>,
-    body: web::Json<AccountBody>,
+    body: JsonObject<AccountBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let body = body.into_inner();
@@ -179,6 +242,22 @@ pub async fn patch(
 }
 
 /// `DELETE /api/accounts/{id}`: 204; its subscriptions go with it, its id tags stay without an account.
+#[utoipa::path(
+    delete,
+    operation_id = "accounts_delete",
+    path = "/api/accounts/{id}",
+    tag = "accounts",
+    params(
+        ("id" = i32, Path, description = "Account id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted, with its subscriptions"),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown account", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     id: web::Path<i32>,
@@ -192,18 +271,37 @@ pub async fn delete(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RfidLoginBody {
+    /// The card's UID, compared case-insensitively.
+    #[schema(min_length = 1)]
     uid: String,
 }
 
 /// `POST /api/accounts/rfid-login {"uid":"04A2B3C4"}`: the account of an RFID card, with its active
 /// subscriptions. 404 unknown card (or a card of no account); 403 card not `Accepted`, card expired, or
 /// account inactive.
+#[utoipa::path(
+    post,
+    operation_id = "accounts_rfid_login",
+    path = "/api/accounts/rfid-login",
+    tag = "accounts",
+    request_body = RfidLoginBody,
+    responses(
+        (status = 200, description = "The card's account and the matched tag", body = crate::api::openapi::RfidLogin),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Neither the admin token nor RFID_LOGIN_TOKEN", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "Card not Accepted, past its expiry, or account inactive", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown card, or a card of no account", body = crate::api::openapi::ErrorBody),
+        (status = 405, description = "Method not allowed", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("rfid_login_token" = [])),
+)]
 pub async fn rfid_login(
     state: web::Data<AppState>,
-    body: web::Json<RfidLoginBody>,
+    body: JsonObject<RfidLoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let uid = body.uid.trim();
     if uid.is_empty() {

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::commands::{
     enqueue_offline, forward, parse_deliver, parse_expiry, remote_route, Answer, Ran,
 };
+use super::extract::JsonObject;
 use super::terminals::{connected_by_sn, parse_flag, Connected};
 use super::AppState;
 use crate::cluster::ForwardRequest;
@@ -91,6 +92,17 @@ fn item_json(
 }
 
 /// `GET /api/chargers`
+#[utoipa::path(
+    get,
+    operation_id = "chargers_list",
+    path = "/api/chargers",
+    tag = "chargers",
+    responses(
+        (status = 200, description = "All known charge points", body = crate::api::openapi::ChargerList),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let rows = state.store.list_chargers().await?;
     let ids: Vec<i32> = rows.iter().map(|r| r.id).collect();
@@ -153,6 +165,21 @@ async fn detail_json(state: &AppState, row: charger::Model) -> Result<Value, Api
 }
 
 /// `GET /api/chargers/{id}`
+#[utoipa::path(
+    get,
+    operation_id = "chargers_detail",
+    path = "/api/chargers/{id}",
+    tag = "chargers",
+    params(
+        ("id" = String, Path, description = "Charge point id"),
+    ),
+    responses(
+        (status = 200, description = "The charge point", body = crate::api::openapi::ChargerDetail),
+        (status = 404, description = "Unknown charge point", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn detail(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -161,15 +188,20 @@ pub async fn detail(
     Ok(HttpResponse::Ok().json(detail_json(&state, row).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ChargerPatch)]
 pub struct PatchBody {
+    #[schema(minimum = 0, maximum = 2)]
     security_profile: Option<i32>,
+    /// 8 to 40 characters; `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(max_length = 40)]
     password: Option<Option<String>>,
     blocked: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     notes: Option<Option<String>>,
+    #[schema(value_type = Option<crate::api::openapi::RegistrationStatus>)]
     registration_status: Option<String>,
 }
 
@@ -222,10 +254,28 @@ fn charger_patch(body: PatchBody) -> Result<ChargerPatch, ApiError> {
 
 /// `PATCH /api/chargers/{id}`: security profile, password (stored as an Argon2id hash), blocked, notes,
 /// registration status.
+#[utoipa::path(
+    patch,
+    operation_id = "chargers_patch",
+    path = "/api/chargers/{id}",
+    tag = "chargers",
+    params(
+        ("id" = String, Path, description = "Charge point id"),
+    ),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The charge point, changed", body = crate::api::openapi::ChargerDetail),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown charge point", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn patch(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<PatchBody>,
+    body: JsonObject<PatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = charger_patch(body.into_inner())?;
     let row = state
@@ -238,10 +288,28 @@ pub async fn patch(
 
 /// `PUT /api/chargers/{id}`: create (201) or update (200) an entry, e.g. before it first connects when
 /// `OCPP_AUTO_REGISTER=0`. Same fields as PATCH.
+#[utoipa::path(
+    put,
+    operation_id = "chargers_put",
+    path = "/api/chargers/{id}",
+    tag = "chargers",
+    params(
+        ("id" = String, Path, description = "Charge point id"),
+    ),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "Updated", body = crate::api::openapi::ChargerDetail),
+        (status = 201, description = "Created", body = crate::api::openapi::ChargerDetail),
+        (status = 400, description = "Malformed body, an invalid field or an invalid charge point id", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn put(
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<PatchBody>,
+    body: JsonObject<PatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     if !handshake::valid_id(&id) {
         return Err(ApiError::InvalidParams {
@@ -274,6 +342,31 @@ pub struct ActionQuery {
 const ACTION_BODY_KEYS: &[&str] = &["action", "params", "expires_in"];
 
 /// `POST /api/chargers/{id}/action[?wait=false]`
+#[utoipa::path(
+    post,
+    operation_id = "chargers_action",
+    path = "/api/chargers/{id}/action",
+    tag = "chargers",
+    params(
+        ("id" = String, Path, description = "Charge point id"),
+        ("wait" = Option<bool>, Query, description = "false: answer 202 with a command id at once instead of waiting for the device"),
+        ("deliver" = Option<crate::api::openapi::Deliver>, Query, description = "queued: store the call for an offline device (202) and deliver it when it next connects"),
+    ),
+    request_body = crate::api::openapi::ActionRequest,
+    responses(
+        (status = 200, description = "The charge point answered (a CALLRESULT or a CALLERROR)", body = crate::api::openapi::ActionAnswer),
+        (status = 202, description = "Queued (`wait=false` or `deliver=queued`)", body = crate::api::openapi::Queued),
+        (status = 400, description = "Unknown action, or params the OCPP schema refuses (`field` names the culprit)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown charge point", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The charge point is not connected (or disconnected before answering)", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "The charge point's queue is full", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "The cluster directory or the node holding the device is unreachable", body = crate::api::openapi::ErrorBody),
+        (status = 504, description = "No answer from the charge point in time", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn action(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -467,6 +560,26 @@ pub struct MessagesQuery {
 
 /// `GET /api/chargers/{id}/messages?direction=in|out&action=&limit=&before=`: newest first, each request with
 /// its response (and each response with its request).
+#[utoipa::path(
+    get,
+    operation_id = "chargers_messages",
+    path = "/api/chargers/{id}/messages",
+    tag = "chargers",
+    params(
+        ("id" = String, Path, description = "Charge point id"),
+        ("direction" = Option<crate::api::openapi::Direction>, Query, description = "in (from the charge point) or out"),
+        ("action" = Option<String>, Query, description = "Only this OCPP action"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 50)", minimum = 1, maximum = 1000),
+        ("before" = Option<i64>, Query, description = "The `next_before` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "The message log, newest first", body = crate::api::openapi::MessagePage),
+        (status = 400, description = "Invalid `direction`, `limit` or `before`", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown charge point", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn messages(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -571,6 +684,24 @@ pub struct TransactionsQuery {
 }
 
 /// `GET /api/chargers/{id}/transactions`
+#[utoipa::path(
+    get,
+    operation_id = "chargers_transactions_of",
+    path = "/api/chargers/{id}/transactions",
+    tag = "chargers",
+    params(
+        ("id" = String, Path, description = "Charge point id"),
+        ("active" = Option<bool>, Query, description = "true: running transactions only; false: finished ones only"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 50)", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "The charge point's transactions, newest first", body = crate::api::openapi::TransactionList),
+        (status = 400, description = "Invalid `active` or `limit`", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown charge point", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn transactions_of(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -598,6 +729,22 @@ pub async fn transactions_of(
 }
 
 /// `GET /api/transactions?active=true`
+#[utoipa::path(
+    get,
+    operation_id = "chargers_transactions",
+    path = "/api/transactions",
+    tag = "chargers",
+    params(
+        ("active" = Option<bool>, Query, description = "true: running transactions only; false: finished ones only"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 50)", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "Transactions, newest first", body = crate::api::openapi::TransactionList),
+        (status = 400, description = "Invalid `active` or `limit`", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn transactions(
     state: web::Data<AppState>,
     query: web::Query<TransactionsQuery>,
@@ -630,6 +777,22 @@ async fn charger_names(state: &AppState) -> Result<HashMap<i32, String>, ApiErro
 }
 
 /// `GET /api/transactions/{id}` with its meter values.
+#[utoipa::path(
+    get,
+    operation_id = "chargers_transaction",
+    path = "/api/transactions/{id}",
+    tag = "chargers",
+    params(
+        ("id" = i32, Path, description = "Transaction id"),
+    ),
+    responses(
+        (status = 200, description = "The transaction with its meter values", body = crate::api::openapi::Transaction),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown transaction", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn transaction(
     state: web::Data<AppState>,
     id: web::Path<String>,

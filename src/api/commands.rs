@@ -112,6 +112,31 @@ pub(crate) enum Ran {
 }
 
 /// `POST /api/terminals/{sn}/command[?wait=false]`
+#[utoipa::path(
+    post,
+    operation_id = "commands_send",
+    path = "/api/terminals/{sn}/command",
+    tag = "terminals",
+    params(
+        ("sn" = String, Path, description = "Terminal serial number"),
+        ("wait" = Option<bool>, Query, description = "false: answer 202 with a command id at once instead of waiting for the device"),
+        ("deliver" = Option<crate::api::openapi::Deliver>, Query, description = "queued: store the call for an offline device (202) and deliver it when it next connects"),
+    ),
+    request_body = crate::api::openapi::CommandRequest,
+    responses(
+        (status = 200, description = "The terminal answered (`result` is its own verdict)", body = crate::api::openapi::CommandAnswer),
+        (status = 202, description = "Queued (`wait=false` or `deliver=queued`)", body = crate::api::openapi::Queued),
+        (status = 400, description = "Unknown command, invalid params or query (`field` names the culprit)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown terminal", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The terminal is not connected (or disconnected before answering)", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "The terminal's queue is full", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "The cluster directory or the node holding the device is unreachable", body = crate::api::openapi::ErrorBody),
+        (status = 504, description = "No answer from the terminal in time", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn send(
     state: web::Data<AppState>,
     sn: web::Path<String>,
@@ -429,6 +454,22 @@ pub fn executor(state: web::Data<AppState>) -> Executor {
 }
 
 /// `GET /api/commands/{id}`
+#[utoipa::path(
+    get,
+    operation_id = "commands_get",
+    path = "/api/commands/{id}",
+    tag = "commands",
+    params(
+        ("id" = String, Path, description = "Command id (UUID)", format = Uuid),
+    ),
+    responses(
+        (status = 200, description = "The command", body = crate::api::openapi::Command),
+        (status = 400, description = "The id is not a UUID", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown command", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -460,6 +501,23 @@ const STATES: &[&str] = &[
 ];
 
 /// `GET /api/commands?device=&state=&limit=`: newest first.
+#[utoipa::path(
+    get,
+    operation_id = "commands_list",
+    path = "/api/commands",
+    tag = "commands",
+    params(
+        ("device" = Option<String>, Query, description = "Only this device's commands"),
+        ("state" = Option<crate::api::openapi::CommandState>, Query, description = "Only commands in this state"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 100)", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "Commands, newest first", body = crate::api::openapi::CommandList),
+        (status = 400, description = "Invalid `state` or `limit`", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
@@ -492,6 +550,23 @@ pub async fn list(
 }
 
 /// `DELETE /api/commands/{id}`: cancels a command still waiting in the queue (204); 409 otherwise.
+#[utoipa::path(
+    delete,
+    operation_id = "commands_cancel",
+    path = "/api/commands/{id}",
+    tag = "commands",
+    params(
+        ("id" = String, Path, description = "Command id (UUID)", format = Uuid),
+    ),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 400, description = "The id is not a UUID", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown command", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The command is not queued any more", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn cancel(
     state: web::Data<AppState>,
     id: web::Path<String>,

@@ -18,6 +18,17 @@ use crate::devices::transport::{self, OutFrame, Outbox, WsEvent, WsEvents, WsFai
 use crate::error::ApiError;
 
 /// `GET /ws/echo`
+#[utoipa::path(
+    get,
+    operation_id = "echo_echo",
+    path = "/ws/echo",
+    tag = "websocket",
+    responses(
+        (status = 101, description = "Switching Protocols: every frame is sent back"),
+        (status = 400, description = "Not a WebSocket upgrade", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "ECHO_ENABLED=0", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn echo(
     req: HttpRequest,
     body: web::Payload,

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::extract::JsonObject;
 use super::AppState;
 use crate::devices::transport;
 use crate::error::ApiError;
@@ -17,6 +18,17 @@ use crate::events::{validate_topic, Event};
 const MAX_OP_BYTES: usize = 64 * 1024;
 
 /// `GET /ws/events` (token in `Authorization` or `?token=`).
+#[utoipa::path(
+    get,
+    operation_id = "events_subscribe",
+    path = "/ws/events",
+    tag = "websocket",
+    responses(
+        (status = 101, description = "Switching Protocols: the live event stream"),
+        (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("token_query" = [])),
+)]
 pub async fn subscribe(
     req: HttpRequest,
     body: web::Payload,
@@ -38,8 +50,9 @@ pub async fn subscribe(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"room": "lobby", "data": {"text": "hello"}}))]
 pub struct PublishBody {
     room: Option<String>,
     topic: Option<String>,
@@ -49,9 +62,24 @@ pub struct PublishBody {
 }
 
 /// `POST /api/events/publish`: a `message` event to a room, a topic, or one subscriber. 202.
+#[utoipa::path(
+    post,
+    operation_id = "events_publish",
+    path = "/api/events/publish",
+    tag = "events",
+    request_body = PublishBody,
+    responses(
+        (status = 202, description = "Published", body = crate::api::openapi::Published),
+        (status = 400, description = "Not exactly one of room, topic or subscriber, or an invalid one", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such subscriber is connected", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn publish(
     state: web::Data<AppState>,
-    body: web::Json<PublishBody>,
+    body: JsonObject<PublishBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let chosen = [

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::chargers::parse_time;
+use super::extract::JsonObject;
 use super::AppState;
 use crate::error::ApiError;
 use crate::store::ocpp::IdTagFields;
@@ -27,14 +28,21 @@ fn tag_json(t: &id_tag::Model) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = IdTagBody)]
 pub struct TagBody {
+    /// The tag (1-20 printable ASCII characters); required by POST, and only the path's own in PATCH.
+    #[schema(pattern = "^[!-~]{1,20}$")]
     tag: Option<String>,
+    #[schema(value_type = Option<crate::api::openapi::TagStatus>)]
     status: Option<String>,
+    /// RFC 3339; `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(format = DateTime)]
     expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[!-~]{1,20}$")]
     parent: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     owner: Option<Option<String>>,
@@ -102,6 +110,17 @@ fn fields(body: &TagBody) -> Result<IdTagFields, ApiError> {
 }
 
 /// `GET /api/id-tags`
+#[utoipa::path(
+    get,
+    operation_id = "id_tags_list",
+    path = "/api/id-tags",
+    tag = "id-tags",
+    responses(
+        (status = 200, description = "Every id tag", body = crate::api::openapi::IdTagList),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let items: Vec<Value> = state
         .store
@@ -114,9 +133,24 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 }
 
 /// `POST /api/id-tags`: 201, or 409 when the tag exists.
+#[utoipa::path(
+    post,
+    operation_id = "id_tags_create",
+    path = "/api/id-tags",
+    tag = "id-tags",
+    request_body = crate::api::openapi::IdTagCreate,
+    responses(
+        (status = 201, description = "Created", body = crate::api::openapi::IdTag),
+        (status = 400, description = "Malformed body or an invalid field (an unknown `account_id` too)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The tag exists already", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     state: web::Data<AppState>,
-    body: web::Json<TagBody>,
+    body: JsonObject<TagBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let tag = body.tag.clone().ok_or_else(|| ApiError::InvalidParams {
@@ -135,6 +169,21 @@ pub async fn create(
 }
 
 /// `GET /api/id-tags/{tag}`
+#[utoipa::path(
+    get,
+    operation_id = "id_tags_get",
+    path = "/api/id-tags/{tag}",
+    tag = "id-tags",
+    params(
+        ("tag" = String, Path, description = "The id tag"),
+    ),
+    responses(
+        (status = 200, description = "The id tag", body = crate::api::openapi::IdTag),
+        (status = 404, description = "Unknown id tag", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get(
     state: web::Data<AppState>,
     tag: web::Path<String>,
@@ -148,10 +197,28 @@ pub async fn get(
 }
 
 /// `PATCH /api/id-tags/{tag}`
+#[utoipa::path(
+    patch,
+    operation_id = "id_tags_patch",
+    path = "/api/id-tags/{tag}",
+    tag = "id-tags",
+    params(
+        ("tag" = String, Path, description = "The id tag"),
+    ),
+    request_body = TagBody,
+    responses(
+        (status = 200, description = "The id tag, changed", body = crate::api::openapi::IdTag),
+        (status = 400, description = "Malformed body or an invalid field (an unknown `account_id` too)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown id tag", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn patch(
     state: web::Data<AppState>,
     tag: web::Path<String>,
-    body: web::Json<TagBody>,
+    body: JsonObject<TagBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     if body.tag.as_deref().is_some_and(|t| t != tag.as_str()) {
@@ -171,6 +238,21 @@ pub async fn patch(
 }
 
 /// `DELETE /api/id-tags/{tag}`: 204.
+#[utoipa::path(
+    delete,
+    operation_id = "id_tags_delete",
+    path = "/api/id-tags/{tag}",
+    tag = "id-tags",
+    params(
+        ("tag" = String, Path, description = "The id tag"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "Unknown id tag", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     tag: web::Path<String>,
@@ -182,16 +264,34 @@ pub async fn delete(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = IdTagLookup)]
 pub struct LookupBody {
+    /// The card's UID, compared case-insensitively.
+    #[schema(min_length = 1)]
     uid: String,
 }
 
 /// `POST /api/id-tags/lookup {"uid":"04A2B3C4"}`: the tag of an RFID card (case-insensitive) and its owner.
+#[utoipa::path(
+    post,
+    operation_id = "id_tags_lookup",
+    path = "/api/id-tags/lookup",
+    tag = "id-tags",
+    request_body = LookupBody,
+    responses(
+        (status = 200, description = "The tag of the card (compared case-insensitively)", body = crate::api::openapi::IdTag),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No id tag for that card", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn lookup(
     state: web::Data<AppState>,
-    body: web::Json<LookupBody>,
+    body: JsonObject<LookupBody>,
 ) -> Result<HttpResponse, ApiError> {
     let row = state
         .store

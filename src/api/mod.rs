@@ -24,9 +24,11 @@ mod chargers;
 pub mod commands;
 mod echo;
 mod events;
+mod extract;
 mod health;
 mod id_tags;
 mod nodes;
+pub mod openapi;
 pub mod panels;
 pub mod request_id;
 mod subscriptions;
@@ -62,6 +64,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/echo", web::get().to(echo::echo))
         .configure(configure_sxdm)
+        // Before the `/api` scope: the document needs no token.
+        .route("/api/openapi.json", web::get().to(openapi::serve))
         // Before the `/api` scope, whose admin-token guard would refuse a kiosk's RFID_LOGIN_TOKEN.
         .service(
             web::resource("/api/accounts/rfid-login")
@@ -77,6 +81,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(billing_resource("/api/appliance/finish", billing::finish))
         .service(
             web::scope("/api")
+                .wrap(from_fn(concrete_paths_first))
                 .wrap(from_fn(require_token))
                 .route("/terminals", web::get().to(terminals::list))
                 .route("/terminals/{sn}", web::get().to(terminals::detail))
@@ -217,6 +222,16 @@ pub fn configure_sxdm(cfg: &mut web::ServiceConfig) {
 
 /// The built-in dashboard (`/`): one static page, no build step. A WebSocket upgrade at `/` is still a terminal
 /// (some are configured with the bare host).
+#[utoipa::path(
+    get,
+    operation_id = "dashboard",
+    path = "/",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The dashboard page", content_type = "text/html", body = String),
+        (status = 101, description = "Switching Protocols: a WebSocket upgrade here is a TM20 terminal"),
+    ),
+)]
 async fn dashboard(
     req: HttpRequest,
     body: web::Payload,
@@ -267,10 +282,21 @@ async fn fallback(
     if is_websocket_upgrade(&req) && req.method() == actix_web::http::Method::GET {
         return websocket::tm20(req, body, state).await;
     }
-    Err(not_found_error(&req).into())
+    Ok(no_route(&req))
 }
 
 /// `GET /metrics` on the main port: Prometheus text, behind the admin token.
+#[utoipa::path(
+    get,
+    operation_id = "metrics_with_token",
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "Missing or invalid token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("token_query" = [])),
+)]
 async fn metrics_with_token(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -288,12 +314,37 @@ pub fn metrics_response() -> HttpResponse {
         .body(crate::telemetry_metrics::render())
 }
 
-async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(not_found_error(&req))
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    no_route(&req)
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// The default of a resource: its path is routed, for other methods.
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    no_route(&req)
+}
+
+/// No route for this method and path: 405 with `Allow` when the path is routed for other methods, else the
+/// JSON 404. (Each `.route` of the table is its own resource guarded by its method, so an unknown method on a
+/// known path reaches the default service, which alone cannot tell a wrong method from a wrong path.)
+fn no_route(req: &HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    let allowed = openapi::allowed_methods(req.path());
+    if allowed.is_empty() || allowed.contains(&req.method().as_str()) {
+        return not_found_error(req).error_response();
+    }
+    method_not_allowed_answer(&allowed)
+}
+
+/// 405 with the `Allow` header RFC 9110 requires.
+fn method_not_allowed_answer(allowed: &[&str]) -> HttpResponse {
+    use actix_web::ResponseError;
+    let mut response = ApiError::MethodNotAllowed.error_response();
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed.join(", ")) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    response
 }
 
 fn not_found_error(req: &HttpRequest) -> ApiError {
@@ -364,6 +415,25 @@ impl AuthGate {
             }
         }
         ok
+    }
+}
+
+/// Inside the token guard: a concrete path is not a value of a neighbour's parameter. Without this,
+/// `GET /api/subscriptions/subscribe` reached `GET /api/subscriptions/{id}` and failed to parse `subscribe` as
+/// an id (400), where the document (and OpenAPI's matching rules) make it a 405 (found by schemathesis).
+async fn concrete_paths_first(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    match openapi::concrete_methods(req.path()) {
+        Some(methods) if !methods.contains(&req.method().as_str()) => {
+            let answer = method_not_allowed_answer(&methods);
+            Ok(req.into_response(answer).map_into_right_body())
+        }
+        _ => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
     }
 }
 

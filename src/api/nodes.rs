@@ -10,6 +10,18 @@ use crate::error::ApiError;
 use crate::registry::ListConnected;
 
 /// `GET /api/nodes`
+#[utoipa::path(
+    get,
+    operation_id = "nodes_list",
+    path = "/api/nodes",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "Live nodes (just this one when alone)", body = crate::api::openapi::NodeList),
+        (status = 503, description = "The cluster directory is unreachable", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let items = match &state.cluster {
         Some(cluster) => cluster.nodes().await.map_err(|err| {

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::commands::{
     enqueue_offline, forward, parse_deliver, parse_expiry, remote_route, Answer, Ran,
 };
+use super::extract::JsonObject;
 use super::terminals::{connected_by_sn, parse_flag};
 use super::AppState;
 use crate::cluster::{ForwardRequest, Route};
@@ -318,6 +319,15 @@ async fn answer_of(response: HttpResponse) -> Answer {
 }
 
 /// A panel connects (`/api/websocket/` or `/ws/api/websocket/`).
+#[utoipa::path(
+    get,
+    operation_id = "panels_websocket",
+    path = "/api/websocket",
+    tag = "websocket",
+    responses(
+        (status = 101, description = "Switching Protocols: the socket of a Shenxing panel (it logs in with its challenge)"),
+    ),
+)]
 pub async fn websocket(
     req: HttpRequest,
     body: web::Payload,
@@ -365,6 +375,20 @@ async fn status_of(state: &AppState, sn: &str, node: &str) -> Value {
 }
 
 /// `GET /api/device/status/{sn}/` (also `/openapi/manager/status/{sn}/`).
+#[utoipa::path(
+    get,
+    operation_id = "panels_status_one",
+    path = "/api/device/status/{sn}",
+    tag = "sxdm-manager",
+    params(
+        ("sn" = String, Path, description = "Panel serial number"),
+    ),
+    responses(
+        (status = 200, description = "The panel's status (`online:false` when it is not connected)", body = crate::api::openapi::PanelStatus),
+        (status = 401, description = "SXDM_AUTH_TOKEN is set and `sxdmToken` is missing or wrong", body = crate::api::openapi::ManagerError),
+    ),
+    security(("sxdm_token" = []), ()),
+)]
 pub async fn status_one(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -398,6 +422,17 @@ pub async fn status_one(
 }
 
 /// `GET /api/device/status/` (also `/openapi/manager/status/`): every logged-in panel.
+#[utoipa::path(
+    get,
+    operation_id = "panels_status_list",
+    path = "/api/device/status",
+    tag = "sxdm-manager",
+    responses(
+        (status = 200, description = "Every logged-in panel", body = crate::api::openapi::PanelStatusList),
+        (status = 401, description = "SXDM_AUTH_TOKEN is set and `sxdmToken` is missing or wrong", body = crate::api::openapi::ManagerError),
+    ),
+    security(("sxdm_token" = []), ()),
+)]
 pub async fn status_list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !sxdm_token_ok(&req, &state) {
         return manager_error(401);
@@ -442,6 +477,17 @@ fn panel_json(row: &entity::panel::Model, online: Option<&super::terminals::Conn
 }
 
 /// `GET /api/panels`: every known panel (logged in once, or registered by an admin), with its online state.
+#[utoipa::path(
+    get,
+    operation_id = "panels_list",
+    path = "/api/panels",
+    tag = "panels",
+    responses(
+        (status = 200, description = "Every known panel", body = crate::api::openapi::PanelList),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let rows = state.store.list_panels().await?;
     let connected = connected_by_sn(&state).await?;
@@ -466,6 +512,21 @@ async fn known_panel(state: &AppState, sn: &str) -> Result<entity::panel::Model,
 }
 
 /// `GET /api/panels/{sn}`
+#[utoipa::path(
+    get,
+    operation_id = "panels_detail",
+    path = "/api/panels/{sn}",
+    tag = "panels",
+    params(
+        ("sn" = String, Path, description = "Panel serial number"),
+    ),
+    responses(
+        (status = 200, description = "The panel", body = crate::api::openapi::Panel),
+        (status = 404, description = "Unknown panel", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn detail(
     state: web::Data<AppState>,
     sn: web::Path<String>,
@@ -478,10 +539,13 @@ pub async fn detail(
     Ok(HttpResponse::Ok().json(panel_json(&row, online)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PanelPut)]
 pub struct PutPanel {
     name: Option<String>,
+    /// The panel's login secret (at most 256 bytes); empty or absent: none.
+    #[schema(max_length = 256)]
     secret: Option<String>,
     #[serde(default = "yes")]
     is_active: bool,
@@ -493,10 +557,28 @@ fn yes() -> bool {
 
 /// `PUT /api/panels/{sn}` `{"name"?, "secret"?, "is_active"?}`: registers (whitelists) a panel and sets its
 /// login secret; the whole entry is replaced. 201 when created, 200 when replaced. The secret is never shown.
+#[utoipa::path(
+    put,
+    operation_id = "panels_put",
+    path = "/api/panels/{sn}",
+    tag = "panels",
+    params(
+        ("sn" = String, Path, description = "Panel serial number"),
+    ),
+    request_body = PutPanel,
+    responses(
+        (status = 200, description = "Replaced", body = crate::api::openapi::Panel),
+        (status = 201, description = "Created", body = crate::api::openapi::Panel),
+        (status = 400, description = "Malformed body, an invalid serial number or a secret over 256 bytes", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn put(
     state: web::Data<AppState>,
     sn: web::Path<String>,
-    body: web::Json<PutPanel>,
+    body: JsonObject<PutPanel>,
 ) -> Result<HttpResponse, ApiError> {
     let sn = sn.into_inner();
     if !sxdm::valid_sn(&sn) {
@@ -559,6 +641,32 @@ const REQUEST_KEYS: &[&str] = &["method", "path", "body", "expires_in"];
 /// `POST /api/panels/{sn}/request[?deliver=queued]` `{"method","path","body"?,"expires_in"?}`: the admin's
 /// way to call a panel (with the bearer token, and with the offline queue). Answers
 /// `{"id","status","body","elapsed_ms"}` with the panel's status and body.
+#[utoipa::path(
+    post,
+    operation_id = "panels_request",
+    path = "/api/panels/{sn}/request",
+    tag = "panels",
+    params(
+        ("sn" = String, Path, description = "Panel serial number"),
+        ("deliver" = Option<crate::api::openapi::Deliver>, Query, description = "queued: store the call for an offline device (202) and deliver it when it next connects"),
+        ("wait" = Option<bool>, Query, description = "false: answer 202 with a command id at once instead of waiting for the device"),
+    ),
+    request_body = crate::api::openapi::PanelRequest,
+    responses(
+        (status = 200, description = "The panel answered (its status and body)", body = crate::api::openapi::PanelAnswer),
+        (status = 202, description = "Queued (`deliver=queued`, panel offline)", body = crate::api::openapi::Queued),
+        (status = 400, description = "Malformed body or query, or an invalid method or path (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The panel went offline or did not log in", body = crate::api::openapi::ManagerError),
+        (status = 404, description = "Unknown panel", body = crate::api::openapi::ErrorBody),
+        (status = 408, description = "The panel did not answer within SXDM_TIMEOUT, or disconnected", body = crate::api::openapi::PanelTimeout),
+        (status = 409, description = "The panel is not connected (without `deliver=queued`)", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "Too many calls in flight to the panel, or its queue is full", body = crate::api::openapi::AnyError),
+        (status = 503, description = "The node holding the panel is unreachable", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn request(
     state: web::Data<AppState>,
     sn: web::Path<String>,

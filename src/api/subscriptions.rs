@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::accounts::validate_name;
+use super::extract::JsonObject;
 use super::terminals::parse_flag;
 use super::AppState;
 use crate::error::ApiError;
@@ -92,13 +93,16 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductBody {
+    #[schema(min_length = 1)]
     name: Option<String>,
     #[serde(default, deserialize_with = "present")]
     description: Option<Option<String>>,
+    #[schema(minimum = 0)]
     price_cents: Option<i64>,
+    #[schema(minimum = 1, maximum = 3660)]
     period_days: Option<i32>,
     is_active: Option<bool>,
 }
@@ -157,6 +161,21 @@ pub struct ProductsQuery {
 }
 
 /// `GET /api/subscriptions/products[?include_inactive=true]`: the products on sale (all with the flag).
+#[utoipa::path(
+    get,
+    operation_id = "subscriptions_list_products",
+    path = "/api/subscriptions/products",
+    tag = "subscriptions",
+    params(
+        ("include_inactive" = Option<bool>, Query, description = "true: inactive products too"),
+    ),
+    responses(
+        (status = 200, description = "The products", body = crate::api::openapi::ProductList),
+        (status = 400, description = "Invalid `include_inactive`", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_products(
     state: web::Data<AppState>,
     query: web::Query<ProductsQuery>,
@@ -173,9 +192,23 @@ pub async fn list_products(
 }
 
 /// `POST /api/subscriptions/products`: 201.
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions_create_product",
+    path = "/api/subscriptions/products",
+    tag = "subscriptions",
+    request_body = crate::api::openapi::ProductCreate,
+    responses(
+        (status = 201, description = "Created", body = crate::api::openapi::Product),
+        (status = 400, description = "Malformed body or an invalid field (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_product(
     state: web::Data<AppState>,
-    body: web::Json<ProductBody>,
+    body: JsonObject<ProductBody>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = product_patch(body.into_inner())?;
     let new = NewProduct {
@@ -196,6 +229,22 @@ pub async fn create_product(
 }
 
 /// `GET /api/subscriptions/products/{id}` (inactive ones too).
+#[utoipa::path(
+    get,
+    operation_id = "subscriptions_get_product",
+    path = "/api/subscriptions/products/{id}",
+    tag = "subscriptions",
+    params(
+        ("id" = i32, Path, description = "Product id"),
+    ),
+    responses(
+        (status = 200, description = "The product", body = crate::api::openapi::Product),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown product", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_product(
     state: web::Data<AppState>,
     id: web::Path<i32>,
@@ -210,10 +259,28 @@ pub async fn get_product(
 }
 
 /// `PATCH /api/subscriptions/products/{id}`: subscriptions sold before keep their price and end.
+#[utoipa::path(
+    patch,
+    operation_id = "subscriptions_patch_product",
+    path = "/api/subscriptions/products/{id}",
+    tag = "subscriptions",
+    params(
+        ("id" = i32, Path, description = "Product id"),
+    ),
+    request_body = ProductBody,
+    responses(
+        (status = 200, description = "The product, changed", body = crate::api::openapi::Product),
+        (status = 400, description = "Malformed body or id, or an invalid field (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown product", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn patch_product(
     state: web::Data<AppState>,
     id: web::Path<i32>,
-    body: web::Json<ProductBody>,
+    body: JsonObject<ProductBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let patch = product_patch(body.into_inner())?;
@@ -226,6 +293,23 @@ pub async fn patch_product(
 }
 
 /// `DELETE /api/subscriptions/products/{id}`: 204; 409 once it was sold (deactivate it instead).
+#[utoipa::path(
+    delete,
+    operation_id = "subscriptions_delete_product",
+    path = "/api/subscriptions/products/{id}",
+    tag = "subscriptions",
+    params(
+        ("id" = i32, Path, description = "Product id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown product", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The product was sold; deactivate it instead", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_product(
     state: web::Data<AppState>,
     id: web::Path<i32>,
@@ -242,19 +326,38 @@ pub async fn delete_product(
 
 // ---- subscriptions ----------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"account_id": 1, "product_id": 1}))]
 pub struct SubscribeBody {
+    #[schema(required = true, nullable = false)]
     account_id: Option<i32>,
+    #[schema(required = true, nullable = false)]
     product_id: Option<i32>,
 }
 
 /// `POST /api/subscriptions/subscribe {"account_id":…,"product_id":…}`: 201 with the subscription, which
 /// starts now and lasts the product's period. 404 unknown account or product; 400 inactive account or
 /// product; 409 when that account holds an active subscription of that product already.
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions_subscribe",
+    path = "/api/subscriptions/subscribe",
+    tag = "subscriptions",
+    request_body = SubscribeBody,
+    responses(
+        (status = 201, description = "Subscribed", body = crate::api::openapi::Subscription),
+        (status = 400, description = "Malformed body, or an inactive account or product (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown account or product", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The account holds an active subscription of that product already", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn subscribe(
     state: web::Data<AppState>,
-    body: web::Json<SubscribeBody>,
+    body: JsonObject<SubscribeBody>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = body
         .account_id
@@ -305,6 +408,23 @@ pub struct SubscriptionsQuery {
 }
 
 /// `GET /api/subscriptions[?account_id=…][&state=active|cancelled|expired]`: newest first.
+#[utoipa::path(
+    get,
+    operation_id = "subscriptions_list",
+    path = "/api/subscriptions",
+    tag = "subscriptions",
+    params(
+        ("account_id" = Option<i32>, Query, description = "Only this account's subscriptions"),
+        ("state" = Option<crate::api::openapi::SubscriptionState>, Query, description = "Only subscriptions in this state"),
+    ),
+    responses(
+        (status = 200, description = "Subscriptions, newest first", body = crate::api::openapi::SubscriptionList),
+        (status = 400, description = "Invalid `account_id` or `state`", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown account", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<SubscriptionsQuery>,
@@ -348,6 +468,22 @@ fn unknown_subscription(id: i32) -> ApiError {
 }
 
 /// `GET /api/subscriptions/{id}`
+#[utoipa::path(
+    get,
+    operation_id = "subscriptions_get",
+    path = "/api/subscriptions/{id}",
+    tag = "subscriptions",
+    params(
+        ("id" = i32, Path, description = "Subscription id"),
+    ),
+    responses(
+        (status = 200, description = "The subscription", body = crate::api::openapi::Subscription),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown subscription", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get(state: web::Data<AppState>, id: web::Path<i32>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let row = state
@@ -360,6 +496,23 @@ pub async fn get(state: web::Data<AppState>, id: web::Path<i32>) -> Result<HttpR
 
 /// `POST /api/subscriptions/{id}/cancel`: ends an active subscription at once (200); 409 when it is cancelled
 /// or expired already.
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions_cancel",
+    path = "/api/subscriptions/{id}/cancel",
+    tag = "subscriptions",
+    params(
+        ("id" = i32, Path, description = "Subscription id"),
+    ),
+    responses(
+        (status = 200, description = "Cancelled", body = crate::api::openapi::Subscription),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown subscription", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Cancelled or expired already", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn cancel(
     state: web::Data<AppState>,
     id: web::Path<i32>,

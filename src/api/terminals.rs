@@ -8,6 +8,7 @@ use entity::terminal;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::extract::JsonObject;
 use super::AppState;
 use crate::error::ApiError;
 use crate::registry::{ConnectionInfo, ListConnected};
@@ -119,6 +120,17 @@ pub(crate) async fn connected_by_sn(
 }
 
 /// `GET /api/terminals`
+#[utoipa::path(
+    get,
+    operation_id = "terminals_list",
+    path = "/api/terminals",
+    tag = "terminals",
+    responses(
+        (status = 200, description = "All known terminals", body = crate::api::openapi::TerminalList),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let rows = state.store.list_terminals().await?;
     let online = connected_by_sn(&state).await?;
@@ -154,6 +166,21 @@ fn detail_of(row: terminal::Model, connection: Option<Connected>) -> TerminalDet
 }
 
 /// `GET /api/terminals/{sn}`
+#[utoipa::path(
+    get,
+    operation_id = "terminals_detail",
+    path = "/api/terminals/{sn}",
+    tag = "terminals",
+    params(
+        ("sn" = String, Path, description = "Terminal serial number"),
+    ),
+    responses(
+        (status = 200, description = "The terminal", body = crate::api::openapi::TerminalDetail),
+        (status = 404, description = "Unknown terminal", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn detail(
     state: web::Data<AppState>,
     sn: web::Path<String>,
@@ -163,8 +190,9 @@ pub async fn detail(
     Ok(HttpResponse::Ok().json(detail_of(row, connection)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TerminalPatch)]
 pub struct PatchBody {
     is_active: Option<bool>,
     is_whitelisted: Option<bool>,
@@ -178,10 +206,28 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
 }
 
 /// `PATCH /api/terminals/{sn}`
+#[utoipa::path(
+    patch,
+    operation_id = "terminals_patch",
+    path = "/api/terminals/{sn}",
+    tag = "terminals",
+    params(
+        ("sn" = String, Path, description = "Terminal serial number"),
+    ),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The terminal, changed", body = crate::api::openapi::TerminalDetail),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown terminal", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn patch(
     state: web::Data<AppState>,
     sn: web::Path<String>,
-    body: web::Json<PatchBody>,
+    body: JsonObject<PatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let patch = TerminalPatch {
@@ -198,8 +244,9 @@ pub async fn patch(
     Ok(HttpResponse::Ok().json(detail_of(row, connection)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TerminalPut)]
 pub struct PutBody {
     name: Option<String>,
     #[serde(default = "default_true")]
@@ -213,10 +260,28 @@ fn default_true() -> bool {
 }
 
 /// `PUT /api/terminals/{sn}`: 201 when created, 200 when replaced.
+#[utoipa::path(
+    put,
+    operation_id = "terminals_put",
+    path = "/api/terminals/{sn}",
+    tag = "terminals",
+    params(
+        ("sn" = String, Path, description = "Terminal serial number"),
+    ),
+    request_body = PutBody,
+    responses(
+        (status = 200, description = "Replaced", body = crate::api::openapi::TerminalDetail),
+        (status = 201, description = "Created", body = crate::api::openapi::TerminalDetail),
+        (status = 400, description = "Malformed body, or a serial number no terminal can send", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn put(
     state: web::Data<AppState>,
     sn: web::Path<String>,
-    body: web::Json<PutBody>,
+    body: JsonObject<PutBody>,
 ) -> Result<HttpResponse, ApiError> {
     let sn = sn.into_inner();
     validate_sn(&sn)?;
@@ -263,6 +328,23 @@ pub struct UsersQuery {
 }
 
 /// `GET /api/terminals/{sn}/users[?records=true]`
+#[utoipa::path(
+    get,
+    operation_id = "terminals_users",
+    path = "/api/terminals/{sn}/users",
+    tag = "terminals",
+    params(
+        ("sn" = String, Path, description = "Terminal serial number"),
+        ("records" = Option<bool>, Query, description = "true: include the template / card data of each slot"),
+    ),
+    responses(
+        (status = 200, description = "Stored users with their credential slots", body = crate::api::openapi::UserList),
+        (status = 400, description = "Invalid `records` flag", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown terminal", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn users(
     state: web::Data<AppState>,
     sn: web::Path<String>,
@@ -323,6 +405,25 @@ pub struct LogsQuery {
 }
 
 /// `GET /api/terminals/{sn}/logs?limit=50&before=<cursor>&since=<time>`: newest first.
+#[utoipa::path(
+    get,
+    operation_id = "terminals_logs",
+    path = "/api/terminals/{sn}/logs",
+    tag = "terminals",
+    params(
+        ("sn" = String, Path, description = "Terminal serial number"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 50)", minimum = 1, maximum = 1000),
+        ("before" = Option<String>, Query, description = "The `next_before` of the previous page"),
+        ("since" = Option<String>, Query, description = "A device-local time (`2024-05-01 08:00:00`) or date (`2024-05-01`)"),
+    ),
+    responses(
+        (status = 200, description = "Attendance logs, newest first by device time", body = crate::api::openapi::LogPage),
+        (status = 400, description = "Invalid `limit`, `before` or `since`", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown terminal", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn logs(
     state: web::Data<AppState>,
     sn: web::Path<String>,
@@ -416,6 +517,21 @@ pub struct ConnectedQuery {
 }
 
 /// `GET /api/connected[?scope=local|cluster]`
+#[utoipa::path(
+    get,
+    operation_id = "terminals_connected",
+    path = "/api/connected",
+    tag = "cluster",
+    params(
+        ("scope" = Option<crate::api::openapi::Scope>, Query, description = "local: only this node's sockets; cluster (default): every node's"),
+    ),
+    responses(
+        (status = 200, description = "Connected devices", body = crate::api::openapi::ConnectedList),
+        (status = 400, description = "Invalid `scope`", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn connected(
     state: web::Data<AppState>,
     query: web::Query<ConnectedQuery>,

@@ -13,6 +13,15 @@ use crate::devices::transport;
 use crate::error::ApiError;
 
 /// A TM20 terminal connects (`/pub/chat`, `/ws/tm20/`, or any unclaimed path).
+#[utoipa::path(
+    get,
+    operation_id = "websocket_tm20",
+    path = "/ws/tm20",
+    tag = "websocket",
+    responses(
+        (status = 101, description = "Switching Protocols: the socket of a TM20 terminal"),
+    ),
+)]
 pub async fn tm20(
     req: HttpRequest,
     body: web::Payload,
@@ -35,6 +44,22 @@ pub async fn tm20(
 /// A charge point connects at `/ocpp/{id}` (or `/ws/ocpp/{id}`). Refusals are HTTP answers at the handshake:
 /// 400 bad id or no `ocpp1.6` subprotocol, 404 unknown (when `OCPP_AUTO_REGISTER=0`), 403 blocked, 401 bad
 /// credentials.
+#[utoipa::path(
+    get,
+    operation_id = "websocket_ocpp",
+    path = "/ocpp/{id}",
+    tag = "websocket",
+    params(
+        ("id" = String, Path, description = "Charge point id (1-48 characters of A-Z a-z 0-9 . _ - : * # @ +)"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: OCPP 1.6J (subprotocol `ocpp1.6`)"),
+        (status = 400, description = "Bad id or no `ocpp1.6` subprotocol", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Security profile 1/2: missing or wrong HTTP Basic password", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The charge point is blocked", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown charge point and OCPP_AUTO_REGISTER=0", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn ocpp(
     req: HttpRequest,
     body: web::Payload,

@@ -15,6 +15,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod ocpp;
+mod openapi;
 mod operability;
 mod panels;
 mod queue;
