@@ -280,19 +280,29 @@ async fn run_local(
         Ok(Some(DeviceAddr::Tm20(addr))) => addr,
         _ => return Err(not_connected().into()),
     };
-    let terminal = state
-        .store
-        .terminal_by_sn(sn)
+    // The session knows its row id; the database is asked only when it could not store the row at `reg`.
+    let terminal_id = match session
+        .send(crate::devices::tm20::session::GetTerminalId)
         .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| ApiError::NotFound(format!("terminal {sn} is unknown")))?;
+    {
+        Ok(Some(id)) => id,
+        _ => {
+            state
+                .store
+                .terminal_by_sn(sn)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::NotFound(format!("terminal {sn} is unknown")))?
+                .id
+        }
+    };
     let command_name = command.name();
     let (id, outcome) = dispatch::dispatch(
         &state.store,
         &state.session_deps.events,
         &session,
         sn,
-        terminal.id,
+        terminal_id,
         command,
         origin,
     )

@@ -98,6 +98,22 @@ impl QueuedCommand {
 #[rtype(result = "Result<(), CommandRejected>")]
 pub struct SendCommand(pub QueuedCommand);
 
+/// The terminal's row id, when registered and stored (saves the REST path a database read per command).
+#[derive(Message)]
+#[rtype(result = "Option<i32>")]
+pub struct GetTerminalId;
+
+impl Handler<GetTerminalId> for Tm20Session {
+    type Result = Option<i32>;
+
+    fn handle(&mut self, _: GetTerminalId, _: &mut Context<Self>) -> Option<i32> {
+        match &self.phase {
+            Phase::Registered { terminal_id, .. } => *terminal_id,
+            Phase::AwaitingReg => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CommandRejected {
     #[error("the terminal's command queue is full")]
