@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::extract::JsonObject;
 use super::AppState;
 use crate::billing::jwt::{Claims, Purpose, TokenError, TokenKeys};
 use crate::billing::money::{cents_from_json, format_cents};
@@ -120,6 +121,23 @@ fn price_cents(field: &str, raw: &RawValue) -> Result<i64, ApiError> {
     Ok(cents)
 }
 
+/// A JSON object body read from its text, for bodies with [`RawValue`] fields (which [`JsonObject`] cannot
+/// fill from a parsed `Value`). Arrays are refused, as [`JsonObject`] refuses them: serde would read a struct
+/// from an array of its fields.
+fn object_from_text<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, ApiError> {
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_str(raw.get()).map_err(|err| {
+        ApiError::BadRequest(format!(
+            "request body is not valid JSON: {}",
+            actix_web::error::JsonPayloadError::Deserialize(err)
+        ))
+    })
+}
+
 fn check_units(units: i64) -> Result<i64, ApiError> {
     if !(0..=MAX_UNITS).contains(&units) {
         return Err(invalid(
@@ -132,17 +150,35 @@ fn check_units(units: i64) -> Result<i64, ApiError> {
 
 // ---- endpoint API ---------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"room_num": 12345, "endpoint_id": 1}))]
 pub struct ChallengeBody {
+    /// The room key.
     room_num: i64,
     endpoint_id: i32,
 }
 
 /// `POST /api/auth/challenge/ {"room_num":12345,"endpoint_id":1}` → `{"token": <challenge JWT>}`.
+#[utoipa::path(
+    post,
+    operation_id = "billing_challenge",
+    path = "/api/auth/challenge",
+    tag = "billing-endpoints",
+    request_body = ChallengeBody,
+    responses(
+        (status = 200, description = "A challenge token (valid BILLING_CHALLENGE_TTL)", body = crate::api::openapi::BillingToken),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown room or endpoint", body = crate::api::openapi::ErrorBody),
+        (status = 405, description = "Method not allowed (POST only)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "Billing is not configured (no BILLING_JWT_SECRET)", body = crate::api::openapi::ErrorBody),
+    ),
+    security(()),
+)]
 #[tracing::instrument(skip_all, fields(room = body.room_num, endpoint = body.endpoint_id))]
 pub async fn challenge(
     state: web::Data<AppState>,
-    body: web::Json<ChallengeBody>,
+    body: JsonObject<ChallengeBody>,
 ) -> Result<HttpResponse, ApiError> {
     let keys = keys(&state)?;
     let room = state
@@ -168,10 +204,12 @@ pub async fn challenge(
     Ok(HttpResponse::Ok().json(json!({ "token": token })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct VerifyBody {
+    /// The challenge token.
     token: String,
     /// The six digits as a number (`123456`, leading zeros lost) or a string (`"012345"`).
+    #[schema(schema_with = crate::api::openapi::auth_code_schema)]
     auth_code: Value,
 }
 
@@ -197,10 +235,27 @@ fn unix_now() -> u64 {
 
 /// `POST /api/auth/verify/ {"token":…,"auth_code":123456}` → `{"token": <access JWT>, "balance": cents,
 /// "appliances": [{"name","value"}]}` when the code is the room's current TOTP (±1 step) and was not used.
+#[utoipa::path(
+    post,
+    operation_id = "billing_verify",
+    path = "/api/auth/verify",
+    tag = "billing-endpoints",
+    request_body = VerifyBody,
+    responses(
+        (status = 200, description = "An access token, the room's balance and the appliances' prices", body = crate::api::openapi::Verified),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Invalid, expired or revoked challenge token; wrong, replayed or throttled code (`invalid_token`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "The room is gone", body = crate::api::openapi::ErrorBody),
+        (status = 405, description = "Method not allowed (POST only)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "Billing is not configured (no BILLING_JWT_SECRET)", body = crate::api::openapi::ErrorBody),
+    ),
+    security(()),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn verify(
     state: web::Data<AppState>,
-    body: web::Json<VerifyBody>,
+    body: JsonObject<VerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let claims = check_token(&state, &body.token, Purpose::Challenge).await?;
     let wrong_code = || ApiError::InvalidToken("wrong or expired code".into());
@@ -283,22 +338,47 @@ pub async fn verify(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"token": "<access token>", "appliance_name": "washer", "units": 300, "price": 20}))]
 pub struct StartBody {
+    /// The access token.
     token: String,
     appliance_name: String,
+    #[schema(minimum = 0, maximum = 1_000_000)]
     units: i64,
-    /// Currency units; the old contract multiplied by 100.
+    /// Currency units (a number or a decimal string, at most two decimals); the old contract multiplied by 100.
+    #[schema(schema_with = crate::api::openapi::price_schema)]
     price: Box<RawValue>,
 }
 
 /// `POST /api/appliance/start/ {"token":<access>,"appliance_name":"washer","units":300,"price":20}` → 201
 /// `{"newbalance": cents, "token": <start JWT>}`. 409 occupied, 402 balance too low.
-#[tracing::instrument(skip_all, fields(appliance = %body.appliance_name))]
+#[utoipa::path(
+    post,
+    operation_id = "billing_start",
+    path = "/api/appliance/start",
+    tag = "billing-endpoints",
+    request_body = StartBody,
+    responses(
+        (status = 201, description = "Started: the new balance and the run's start token", body = crate::api::openapi::Started),
+        (status = 400, description = "Malformed JSON body, an invalid field, or an unknown appliance (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Invalid, expired or revoked access token (`invalid_token`)", body = crate::api::openapi::ErrorBody),
+        (status = 402, description = "The room's balance does not cover the price", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "The room is gone", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "That appliance on that endpoint is running", body = crate::api::openapi::ErrorBody),
+        (status = 405, description = "Method not allowed (POST only)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "Billing is not configured (no BILLING_JWT_SECRET)", body = crate::api::openapi::ErrorBody),
+    ),
+    security(()),
+)]
+#[tracing::instrument(skip_all, fields(appliance = tracing::field::Empty))]
 pub async fn start(
     state: web::Data<AppState>,
-    body: web::Json<StartBody>,
+    body: web::Json<Box<RawValue>>,
 ) -> Result<HttpResponse, ApiError> {
+    let body: StartBody = object_from_text(&body)?;
+    tracing::Span::current().record("appliance", body.appliance_name.as_str());
     let claims = check_token(&state, &body.token, Purpose::Access).await?;
     let units = check_units(body.units)?;
     let cost = price_cents("price", &body.price)?;
@@ -352,10 +432,14 @@ pub async fn start(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct FinishBody {
+    /// The run's start token.
     token: String,
+    #[schema(minimum = 0, maximum = 1_000_000)]
     units: i64,
+    /// The final price in currency units (a number or a decimal string, at most two decimals).
+    #[schema(schema_with = crate::api::openapi::price_schema)]
     price: Box<RawValue>,
     #[serde(default)]
     aborted: bool,
@@ -363,11 +447,30 @@ pub struct FinishBody {
 
 /// `POST /api/appliance/finish/ {"token":<start>,"units":250,"price":15,"aborted":false}` → `{"status":
 /// "finished"|"aborted"}`; refunds the reservation minus the final price. 409 when finished already.
+#[utoipa::path(
+    post,
+    operation_id = "billing_finish",
+    path = "/api/appliance/finish",
+    tag = "billing-endpoints",
+    request_body = FinishBody,
+    responses(
+        (status = 200, description = "Ended; the reservation minus the final price was refunded", body = crate::api::openapi::RunEnd),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Invalid, expired or revoked start token (`invalid_token`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown run", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The run ended already", body = crate::api::openapi::ErrorBody),
+        (status = 405, description = "Method not allowed (POST only)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "Billing is not configured (no BILLING_JWT_SECRET)", body = crate::api::openapi::ErrorBody),
+    ),
+    security(()),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn finish(
     state: web::Data<AppState>,
-    body: web::Json<FinishBody>,
+    body: web::Json<Box<RawValue>>,
 ) -> Result<HttpResponse, ApiError> {
+    let body: FinishBody = object_from_text(&body)?;
     let claims = check_token(&state, &body.token, Purpose::Start).await?;
     let run_id = claims
         .run
@@ -419,15 +522,32 @@ fn check_reason(reason: Option<&str>, default: &str) -> Result<String, ApiError>
     Ok(reason.to_owned())
 }
 
-#[derive(Deserialize)]
+/// `PATCH /api/rooms/{key}` (`POST` reads `key` and `balance`).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoomBody {
+    /// The room's own key (it cannot change).
     key: Option<i64>,
+    /// The new balance in cents.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     balance: Option<i64>,
+    /// Why, recorded with the adjustment (default "balance set by an admin").
+    #[schema(min_length = 1, max_length = 200)]
     reason: Option<String>,
 }
 
 /// `GET /api/rooms`
+#[utoipa::path(
+    get,
+    operation_id = "rooms_list",
+    path = "/api/rooms",
+    tag = "billing",
+    responses(
+        (status = 200, description = "Every room", body = crate::api::openapi::RoomList),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_rooms(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let items: Vec<Value> = state
         .store
@@ -440,9 +560,24 @@ pub async fn list_rooms(state: web::Data<AppState>) -> Result<HttpResponse, ApiE
 }
 
 /// `POST /api/rooms {"key":12345,"balance":0}`: 201, or 409 when the key exists.
+#[utoipa::path(
+    post,
+    operation_id = "rooms_create",
+    path = "/api/rooms",
+    tag = "billing",
+    request_body = crate::api::openapi::RoomCreate,
+    responses(
+        (status = 201, description = "Created", body = crate::api::openapi::Room),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The key exists", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_room(
     state: web::Data<AppState>,
-    body: web::Json<RoomBody>,
+    body: JsonObject<RoomBody>,
 ) -> Result<HttpResponse, ApiError> {
     let key = body
         .key
@@ -459,6 +594,22 @@ pub async fn create_room(
 }
 
 /// `GET /api/rooms/{key}`
+#[utoipa::path(
+    get,
+    operation_id = "rooms_get",
+    path = "/api/rooms/{key}",
+    tag = "billing",
+    params(
+        ("key" = i64, Path, description = "Room key (the room number)"),
+    ),
+    responses(
+        (status = 200, description = "The room", body = crate::api::openapi::Room),
+        (status = 400, description = "The key is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown room", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_room(
     state: web::Data<AppState>,
     key: web::Path<i64>,
@@ -474,19 +625,38 @@ pub async fn get_room(
 
 /// `PATCH /api/rooms/{key} {"balance":…,"reason":…}`: sets the balance; the difference is recorded as an
 /// adjustment.
+#[utoipa::path(
+    patch,
+    operation_id = "rooms_patch",
+    path = "/api/rooms/{key}",
+    tag = "billing",
+    params(
+        ("key" = i64, Path, description = "Room key (the room number)"),
+    ),
+    request_body = RoomBody,
+    responses(
+        (status = 200, description = "The room, changed", body = crate::api::openapi::Room),
+        (status = 400, description = "Malformed body or key, or an invalid field (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown room", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn patch_room(
     state: web::Data<AppState>,
     key: web::Path<i64>,
-    body: web::Json<RoomBody>,
+    body: JsonObject<RoomBody>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key.into_inner();
     if body.key.is_some_and(|k| k != key) {
         return Err(invalid("key", "a room's key cannot change"));
     }
+    // Checked even without `balance` (which alone uses it), so a bad reason is never silently accepted.
+    let reason = check_reason(body.reason.as_deref(), "balance set by an admin")?;
     let row = match body.balance {
         Some(balance) => {
             let balance = check_balance(balance)?;
-            let reason = check_reason(body.reason.as_deref(), "balance set by an admin")?;
             let row = state
                 .store
                 .set_room_balance(key, balance, &reason)
@@ -505,6 +675,22 @@ pub async fn patch_room(
 }
 
 /// `DELETE /api/rooms/{key}`: 204; its runs, adjustments and payments stay as history.
+#[utoipa::path(
+    delete,
+    operation_id = "rooms_delete",
+    path = "/api/rooms/{key}",
+    tag = "billing",
+    params(
+        ("key" = i64, Path, description = "Room key (the room number)"),
+    ),
+    responses(
+        (status = 204, description = "Deleted; its runs, adjustments and payments stay as history"),
+        (status = 400, description = "The key is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown room", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_room(
     state: web::Data<AppState>,
     key: web::Path<i64>,
@@ -518,19 +704,42 @@ pub async fn delete_room(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"amount": -500, "reason": "refund by hand"}))]
 pub struct AdjustmentBody {
+    /// Signed cents, not zero.
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000)]
     amount: i64,
+    #[schema(min_length = 1, max_length = 200)]
     reason: String,
 }
 
 /// `POST /api/rooms/{key}/adjustments {"amount":<signed cents>,"reason":…}` → 201 `{"room", "adjustment"}`;
 /// 409 when the balance would go negative.
+#[utoipa::path(
+    post,
+    operation_id = "rooms_adjust",
+    path = "/api/rooms/{key}/adjustments",
+    tag = "billing",
+    params(
+        ("key" = i64, Path, description = "Room key (the room number)"),
+    ),
+    request_body = AdjustmentBody,
+    responses(
+        (status = 201, description = "The room and the recorded adjustment", body = crate::api::openapi::Adjusted),
+        (status = 400, description = "Malformed body or key, or an invalid field (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown room", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The balance would go below zero", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_adjustment(
     state: web::Data<AppState>,
     key: web::Path<i64>,
-    body: web::Json<AdjustmentBody>,
+    body: JsonObject<AdjustmentBody>,
 ) -> Result<HttpResponse, ApiError> {
     let key = key.into_inner();
     if body.amount == 0 || body.amount.abs() > MAX_CENTS {
@@ -557,6 +766,22 @@ pub async fn create_adjustment(
 }
 
 /// `GET /api/rooms/{key}/adjustments`: newest first.
+#[utoipa::path(
+    get,
+    operation_id = "rooms_adjustments",
+    path = "/api/rooms/{key}/adjustments",
+    tag = "billing",
+    params(
+        ("key" = i64, Path, description = "Room key (the room number)"),
+    ),
+    responses(
+        (status = 200, description = "The room's adjustments, newest first", body = crate::api::openapi::AdjustmentList),
+        (status = 400, description = "The key is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown room", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_adjustments(
     state: web::Data<AppState>,
     key: web::Path<i64>,
@@ -578,6 +803,22 @@ pub async fn list_adjustments(
 }
 
 /// `POST /api/rooms/{key}/totp` → `{"secret": base32, "uri": "otpauth://…"}`: a new secret, shown this once.
+#[utoipa::path(
+    post,
+    operation_id = "rooms_rotate_totp",
+    path = "/api/rooms/{key}/totp",
+    tag = "billing",
+    params(
+        ("key" = i64, Path, description = "Room key (the room number)"),
+    ),
+    responses(
+        (status = 200, description = "The new secret, shown this once", body = crate::api::openapi::TotpSecret),
+        (status = 400, description = "The key is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown room", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn rotate_totp(
     state: web::Data<AppState>,
     key: web::Path<i64>,
@@ -611,10 +852,13 @@ fn check_name(field: &str, name: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
-#[derive(Deserialize)]
+/// `PATCH /api/endpoints/{id}` (`POST` reads `id` and `name`).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointBody {
+    /// The endpoint's own id (it cannot change).
     id: Option<i32>,
+    #[schema(min_length = 1, max_length = 64)]
     name: Option<String>,
     /// PATCH only: `true` invalidates every token the endpoint holds.
     #[serde(default)]
@@ -622,6 +866,17 @@ pub struct EndpointBody {
 }
 
 /// `GET /api/endpoints`
+#[utoipa::path(
+    get,
+    operation_id = "endpoints_list",
+    path = "/api/endpoints",
+    tag = "billing",
+    responses(
+        (status = 200, description = "Every endpoint", body = crate::api::openapi::EndpointList),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_endpoints(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let items: Vec<Value> = state
         .store
@@ -634,9 +889,24 @@ pub async fn list_endpoints(state: web::Data<AppState>) -> Result<HttpResponse, 
 }
 
 /// `POST /api/endpoints {"id":1,"name":…}`: 201, or 409 when the id exists.
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_create",
+    path = "/api/endpoints",
+    tag = "billing",
+    request_body = crate::api::openapi::EndpointCreate,
+    responses(
+        (status = 201, description = "Created", body = crate::api::openapi::Endpoint),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The id exists", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_endpoint(
     state: web::Data<AppState>,
-    body: web::Json<EndpointBody>,
+    body: JsonObject<EndpointBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = body
         .id
@@ -658,6 +928,22 @@ pub async fn create_endpoint(
 }
 
 /// `GET /api/endpoints/{id}`
+#[utoipa::path(
+    get,
+    operation_id = "endpoints_get",
+    path = "/api/endpoints/{id}",
+    tag = "billing",
+    params(
+        ("id" = i32, Path, description = "Endpoint id"),
+    ),
+    responses(
+        (status = 200, description = "The endpoint", body = crate::api::openapi::Endpoint),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown endpoint", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_endpoint(
     state: web::Data<AppState>,
     id: web::Path<i32>,
@@ -672,10 +958,28 @@ pub async fn get_endpoint(
 }
 
 /// `PATCH /api/endpoints/{id} {"name":…, "bump_token_version":true}`
+#[utoipa::path(
+    patch,
+    operation_id = "endpoints_patch",
+    path = "/api/endpoints/{id}",
+    tag = "billing",
+    params(
+        ("id" = i32, Path, description = "Endpoint id"),
+    ),
+    request_body = EndpointBody,
+    responses(
+        (status = 200, description = "The endpoint, changed", body = crate::api::openapi::Endpoint),
+        (status = 400, description = "Malformed body or id, or an invalid field (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown endpoint", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn patch_endpoint(
     state: web::Data<AppState>,
     id: web::Path<i32>,
-    body: web::Json<EndpointBody>,
+    body: JsonObject<EndpointBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     if body.id.is_some_and(|i| i != id) {
@@ -702,6 +1006,22 @@ pub async fn patch_endpoint(
 }
 
 /// `DELETE /api/endpoints/{id}`: 204; its tokens stop working.
+#[utoipa::path(
+    delete,
+    operation_id = "endpoints_delete",
+    path = "/api/endpoints/{id}",
+    tag = "billing",
+    params(
+        ("id" = i32, Path, description = "Endpoint id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted; its tokens stop working"),
+        (status = 400, description = "The id is not an integer", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown endpoint", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_endpoint(
     state: web::Data<AppState>,
     id: web::Path<i32>,
@@ -731,14 +1051,30 @@ fn check_price_per_unit(price: i64) -> Result<i64, ApiError> {
     Ok(price)
 }
 
-#[derive(Deserialize)]
+/// `PATCH /api/appliances/{name}` (`POST` reads both fields).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplianceBody {
+    /// The appliance's own name (it cannot change).
+    #[schema(min_length = 1, max_length = 64)]
     name: Option<String>,
+    /// Cents.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     price_per_unit: Option<i64>,
 }
 
 /// `GET /api/appliances`
+#[utoipa::path(
+    get,
+    operation_id = "appliances_list",
+    path = "/api/appliances",
+    tag = "billing",
+    responses(
+        (status = 200, description = "Every appliance", body = crate::api::openapi::ApplianceList),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_appliances(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let items: Vec<Value> = state
         .store
@@ -751,9 +1087,24 @@ pub async fn list_appliances(state: web::Data<AppState>) -> Result<HttpResponse,
 }
 
 /// `POST /api/appliances {"name":"washer","price_per_unit":25}`: 201, or 409 when the name exists.
+#[utoipa::path(
+    post,
+    operation_id = "appliances_create",
+    path = "/api/appliances",
+    tag = "billing",
+    request_body = crate::api::openapi::ApplianceCreate,
+    responses(
+        (status = 201, description = "Created", body = crate::api::openapi::Appliance),
+        (status = 400, description = "Malformed JSON body, or an invalid field (`field` names it)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The name exists", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_appliance(
     state: web::Data<AppState>,
-    body: web::Json<ApplianceBody>,
+    body: JsonObject<ApplianceBody>,
 ) -> Result<HttpResponse, ApiError> {
     let name = check_name(
         "name",
@@ -774,6 +1125,21 @@ pub async fn create_appliance(
 }
 
 /// `GET /api/appliances/{name}`
+#[utoipa::path(
+    get,
+    operation_id = "appliances_get",
+    path = "/api/appliances/{name}",
+    tag = "billing",
+    params(
+        ("name" = String, Path, description = "Appliance name"),
+    ),
+    responses(
+        (status = 200, description = "The appliance", body = crate::api::openapi::Appliance),
+        (status = 404, description = "Unknown appliance", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_appliance(
     state: web::Data<AppState>,
     name: web::Path<String>,
@@ -787,10 +1153,28 @@ pub async fn get_appliance(
 }
 
 /// `PATCH /api/appliances/{name} {"price_per_unit":30}`
+#[utoipa::path(
+    patch,
+    operation_id = "appliances_patch",
+    path = "/api/appliances/{name}",
+    tag = "billing",
+    params(
+        ("name" = String, Path, description = "Appliance name"),
+    ),
+    request_body = ApplianceBody,
+    responses(
+        (status = 200, description = "The appliance, changed", body = crate::api::openapi::Appliance),
+        (status = 400, description = "Malformed body, or an invalid field (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown appliance", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn patch_appliance(
     state: web::Data<AppState>,
     name: web::Path<String>,
-    body: web::Json<ApplianceBody>,
+    body: JsonObject<ApplianceBody>,
 ) -> Result<HttpResponse, ApiError> {
     if body
         .name
@@ -809,6 +1193,22 @@ pub async fn patch_appliance(
 }
 
 /// `DELETE /api/appliances/{name}`: 204; 409 while a run uses it.
+#[utoipa::path(
+    delete,
+    operation_id = "appliances_delete",
+    path = "/api/appliances/{name}",
+    tag = "billing",
+    params(
+        ("name" = String, Path, description = "Appliance name"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "Unknown appliance", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "A run uses the appliance", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete_appliance(
     state: web::Data<AppState>,
     name: web::Path<String>,
@@ -832,6 +1232,22 @@ pub struct RunsQuery {
 }
 
 /// `GET /api/runs?room=&state=running|finished|aborted`: newest first.
+#[utoipa::path(
+    get,
+    operation_id = "runs_list",
+    path = "/api/runs",
+    tag = "billing",
+    params(
+        ("room" = Option<i64>, Query, description = "Only this room's runs"),
+        ("state" = Option<crate::api::openapi::RunState>, Query, description = "Only runs in this state"),
+    ),
+    responses(
+        (status = 200, description = "Runs, newest first", body = crate::api::openapi::RunList),
+        (status = 400, description = "Invalid query string or `state`", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_runs(
     state: web::Data<AppState>,
     query: web::Query<RunsQuery>,
@@ -854,23 +1270,44 @@ pub async fn list_runs(
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AbortBody {
     /// Cents the run is charged after all (default 0: a full refund).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     final_price: i64,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000)]
     final_units: i64,
 }
 
 /// `POST /api/runs/{id}/abort {"final_price"?: cents, "final_units"?}`: ends a run whose endpoint cannot (its
 /// start token expired or was revoked, the device died), with the same refund rule as a finish; frees the
 /// appliance. 409 when it is not running.
+#[utoipa::path(
+    post,
+    operation_id = "runs_abort",
+    path = "/api/runs/{id}/abort",
+    tag = "billing",
+    params(
+        ("id" = i32, Path, description = "Run id"),
+    ),
+    request_body = AbortBody,
+    responses(
+        (status = 200, description = "The run, aborted", body = crate::api::openapi::Run),
+        (status = 400, description = "Malformed body or id, or an invalid field (`field`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown run", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The run is not running", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn abort_run(
     state: web::Data<AppState>,
     id: web::Path<i32>,
-    body: web::Json<AbortBody>,
+    body: JsonObject<AbortBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     if !(0..=MAX_CENTS).contains(&body.final_price) {
@@ -905,6 +1342,21 @@ pub struct PaymentsQuery {
 }
 
 /// `GET /api/payments?valid=true|false`: newest first; both kinds (valid ones first) without `valid`.
+#[utoipa::path(
+    get,
+    operation_id = "payments_list",
+    path = "/api/payments",
+    tag = "billing",
+    params(
+        ("valid" = Option<bool>, Query, description = "Only credited (`true`) or only rejected (`false`) transfers"),
+    ),
+    responses(
+        (status = 200, description = "Payments, newest first (valid ones first when both kinds are listed)", body = crate::api::openapi::PaymentList),
+        (status = 400, description = "Invalid query string", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_payments(
     state: web::Data<AppState>,
     query: web::Query<PaymentsQuery>,
@@ -934,6 +1386,19 @@ pub async fn list_payments(
 }
 
 /// `POST /api/payments/import` with the bank's transaction JSON → `{"imported","duplicates","invalid"}`.
+#[utoipa::path(
+    post,
+    operation_id = "payments_import",
+    path = "/api/payments/import",
+    tag = "billing",
+    request_body(content = Vec<crate::api::openapi::BankTransaction>, content_type = "application/json", description = "The bank's transaction JSON"),
+    responses(
+        (status = 200, description = "What the import did", body = crate::api::openapi::ImportSummary),
+        (status = 400, description = "Not a JSON array of transactions, or a transaction without a usable `id`", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid bearer token", body = crate::api::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn import_payments(
     state: web::Data<AppState>,
     body: web::Bytes,

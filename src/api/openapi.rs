@@ -21,7 +21,8 @@ pub use schemas::*;
         title = "Gatehouse",
         description = "Device gateway for TM20 terminals, OCPP 1.6J charge points and Shenxing panels. \
             Every `/api/` call needs `Authorization: Bearer <GATEHOUSE_API_TOKEN>`; errors answer \
-            `{\"error\":<code>,\"message\":…,\"field\"?}`. Paths also work with a trailing slash."
+            `{\"error\":<code>,\"message\":…,\"field\"?}`. Paths also work with a trailing slash. The appliance \
+            endpoints' calls (`billing-endpoints`) carry JWTs of their own instead."
     ),
     paths(
         super::dashboard,
@@ -88,9 +89,35 @@ pub use schemas::*;
         super::subscriptions::list,
         super::subscriptions::get,
         super::subscriptions::cancel,
+        super::billing::challenge,
+        super::billing::verify,
+        super::billing::start,
+        super::billing::finish,
+        super::billing::list_rooms,
+        super::billing::create_room,
+        super::billing::get_room,
+        super::billing::patch_room,
+        super::billing::delete_room,
+        super::billing::list_adjustments,
+        super::billing::create_adjustment,
+        super::billing::rotate_totp,
+        super::billing::list_endpoints,
+        super::billing::create_endpoint,
+        super::billing::get_endpoint,
+        super::billing::patch_endpoint,
+        super::billing::delete_endpoint,
+        super::billing::list_appliances,
+        super::billing::create_appliance,
+        super::billing::get_appliance,
+        super::billing::patch_appliance,
+        super::billing::delete_appliance,
+        super::billing::list_runs,
+        super::billing::abort_run,
+        super::billing::list_payments,
+        super::billing::import_payments,
     ),
     // Query parameter types: utoipa collects the schemas of bodies by itself, not those of parameters.
-    components(schemas(Deliver, Scope, Direction, CommandState, SubscriptionState)),
+    components(schemas(Deliver, Scope, Direction, CommandState, SubscriptionState, RunState)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "operations", description = "Dashboard, probes, metrics and this document"),
@@ -105,6 +132,9 @@ pub use schemas::*;
         (name = "sxdm-manager", description = "SxDeviceManager-compatible status endpoints (`sxdmToken`)"),
         (name = "events", description = "Live events"),
         (name = "cluster", description = "Nodes and connected devices"),
+        (name = "billing", description = "Rooms, endpoints, appliances, runs and payments (admin API; amounts in cents)"),
+        (name = "billing-endpoints", description = "The appliance endpoints' calls: no admin token, JWTs of their own \
+            in the body (signed with BILLING_JWT_SECRET; 503 without it)"),
     )
 )]
 pub struct ApiDoc;
@@ -305,6 +335,7 @@ mod schemas {
 
     use serde::{Deserialize, Serialize};
     use serde_json::Value;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
     use utoipa::ToSchema;
 
     /// Every error answer of the REST API (`ApiError`).
@@ -813,6 +844,296 @@ mod schemas {
         pub message: Option<String>,
         pub status: Option<i64>,
         pub msg: Option<String>,
+    }
+
+    /// `POST /api/rooms`.
+    #[derive(Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schema(example = json!({"key": 12345, "balance": 5000}))]
+    pub struct RoomCreate {
+        /// The room number (also the bank transfers' variable symbol).
+        #[schema(minimum = 1)]
+        pub key: i64,
+        /// Cents (default 0).
+        #[schema(minimum = 0, maximum = 1_000_000_000)]
+        pub balance: Option<i64>,
+    }
+
+    /// A room and its prepaid balance.
+    #[derive(ToSchema)]
+    pub struct Room {
+        pub key: i64,
+        /// Cents.
+        pub balance: i64,
+        #[schema(format = DateTime)]
+        pub created_at: String,
+        #[schema(format = DateTime)]
+        pub updated_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct RoomList {
+        pub items: Vec<Room>,
+    }
+
+    /// A manual change of a room's balance.
+    #[derive(ToSchema)]
+    pub struct Adjustment {
+        pub id: i64,
+        pub room: i64,
+        /// Signed cents.
+        pub amount: i64,
+        pub reason: String,
+        #[schema(format = DateTime)]
+        pub created_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct AdjustmentList {
+        pub items: Vec<Adjustment>,
+    }
+
+    /// The room after an adjustment, and the adjustment.
+    #[derive(ToSchema)]
+    pub struct Adjusted {
+        pub room: Room,
+        pub adjustment: Adjustment,
+    }
+
+    /// A room's new TOTP secret (RFC 6238, SHA-1, 6 digits, 30 s).
+    #[derive(ToSchema)]
+    pub struct TotpSecret {
+        /// Base32.
+        pub secret: String,
+        /// `otpauth://totp/…`, for an authenticator app.
+        pub uri: String,
+    }
+
+    /// `POST /api/endpoints`.
+    #[derive(Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schema(example = json!({"id": 1, "name": "Basement"}))]
+    pub struct EndpointCreate {
+        #[schema(minimum = 1)]
+        pub id: i32,
+        #[schema(min_length = 1, max_length = 64)]
+        pub name: String,
+    }
+
+    /// An endpoint device; bumping `token_version` revokes every token it holds.
+    #[derive(ToSchema)]
+    pub struct Endpoint {
+        pub id: i64,
+        pub name: String,
+        pub token_version: i64,
+        #[schema(format = DateTime)]
+        pub created_at: String,
+        #[schema(format = DateTime)]
+        pub updated_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct EndpointList {
+        pub items: Vec<Endpoint>,
+    }
+
+    /// `POST /api/appliances`.
+    #[derive(Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schema(example = json!({"name": "washer", "price_per_unit": 25}))]
+    pub struct ApplianceCreate {
+        #[schema(min_length = 1, max_length = 64)]
+        pub name: String,
+        /// Cents.
+        #[schema(minimum = 0, maximum = 1_000_000_000)]
+        pub price_per_unit: i64,
+    }
+
+    /// An appliance and its price.
+    #[derive(ToSchema)]
+    pub struct Appliance {
+        pub name: String,
+        /// Cents.
+        pub price_per_unit: i64,
+        #[schema(format = DateTime)]
+        pub created_at: String,
+        #[schema(format = DateTime)]
+        pub updated_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct ApplianceList {
+        pub items: Vec<Appliance>,
+    }
+
+    /// One run of an appliance; prices and refund in cents.
+    #[derive(ToSchema)]
+    pub struct Run {
+        pub id: i64,
+        pub room: i64,
+        pub endpoint: i64,
+        pub appliance: String,
+        pub state: RunState,
+        pub initial_units: i64,
+        /// The reservation.
+        pub initial_price: i64,
+        pub final_units: Option<i64>,
+        pub final_price: Option<i64>,
+        pub refund: Option<i64>,
+        #[schema(format = DateTime)]
+        pub started_at: String,
+        #[schema(format = DateTime)]
+        pub finished_at: Option<String>,
+    }
+
+    #[derive(ToSchema)]
+    pub struct RunList {
+        pub items: Vec<Run>,
+    }
+
+    /// A run's state.
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum RunState {
+        Running,
+        Finished,
+        Aborted,
+    }
+
+    /// An imported bank transfer: credited (`valid: true`, with `room`) or rejected (`valid: false`, with
+    /// `reason`: `unknown_room`, `foreign_currency`, `invalid_amount`, `non_positive_amount`,
+    /// `invalid_reference`).
+    #[derive(ToSchema)]
+    pub struct Payment {
+        pub valid: bool,
+        pub id: i64,
+        pub transaction_id: String,
+        pub room: Option<i64>,
+        /// Cents; null when it could not be read.
+        pub amount: Option<i64>,
+        pub currency: String,
+        /// The variable symbol.
+        pub reference: String,
+        pub reason: Option<String>,
+        #[schema(format = DateTime)]
+        pub created_at: String,
+    }
+
+    #[derive(ToSchema)]
+    pub struct PaymentList {
+        pub items: Vec<Payment>,
+    }
+
+    /// One transaction of the bank's JSON. Other fields are ignored.
+    #[derive(Deserialize, ToSchema)]
+    #[schema(example = json!({"id": "10001", "amount": "50.00", "currency": "CZK", "vs": "12345"}))]
+    pub struct BankTransaction {
+        /// The bank's transaction id (a string of 1-128 characters, or an integer); imported once.
+        #[schema(schema_with = transaction_id_schema)]
+        pub id: Value,
+        /// Currency units, a string or a number; anything else is recorded as invalid (`invalid_amount`).
+        pub amount: Value,
+        pub currency: Option<String>,
+        /// The variable symbol: the room key (a string or a number; anything else is `invalid_reference`).
+        pub vs: Option<Value>,
+    }
+
+    /// What an import did.
+    #[derive(ToSchema)]
+    pub struct ImportSummary {
+        /// Credited to a room.
+        pub imported: u64,
+        /// Seen before, or twice in this file.
+        pub duplicates: u64,
+        /// Recorded as invalid, crediting nothing.
+        pub invalid: u64,
+    }
+
+    /// A token of the appliance endpoints' API (a JWT).
+    #[derive(ToSchema)]
+    pub struct BillingToken {
+        pub token: String,
+    }
+
+    /// An appliance's name and price per unit (cents).
+    #[derive(ToSchema)]
+    pub struct AppliancePrice {
+        pub name: String,
+        pub value: i64,
+    }
+
+    /// A room code accepted: the access token, the balance (cents) and the appliances.
+    #[derive(ToSchema)]
+    pub struct Verified {
+        pub token: String,
+        pub balance: i64,
+        pub appliances: Vec<AppliancePrice>,
+    }
+
+    /// A run started: the room's new balance (cents) and the run's start token.
+    #[derive(ToSchema)]
+    pub struct Started {
+        pub newbalance: i64,
+        pub token: String,
+    }
+
+    /// How a run ended.
+    #[derive(ToSchema)]
+    pub struct RunEnd {
+        pub status: RunState,
+    }
+
+    /// The room code: six digits as a number or a string.
+    pub fn auth_code_schema() -> Schema {
+        Schema::OneOf(
+            OneOfBuilder::new()
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0))
+                        .maximum(Some(999_999)),
+                )
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some("^[0-9]{1,6}$")),
+                )
+                .build(),
+        )
+    }
+
+    /// A price in currency units: a number or a decimal string.
+    pub fn price_schema() -> Schema {
+        Schema::OneOf(
+            OneOfBuilder::new()
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Number)
+                        .minimum(Some(0))
+                        .maximum(Some(10_000_000)),
+                )
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(r"^\s*\+?[0-9]+(\.[0-9]+)?\s*$")),
+                )
+                .build(),
+        )
+    }
+
+    /// A bank transaction id: a non-empty string or an integer.
+    pub fn transaction_id_schema() -> Schema {
+        Schema::OneOf(
+            OneOfBuilder::new()
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(128)),
+                )
+                .item(ObjectBuilder::new().schema_type(Type::Integer))
+                .build(),
+        )
     }
 
     /// `deliver`: when the device is offline, refuse (`now`, the default: 409) or keep the call (`queued`).
