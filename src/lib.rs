@@ -16,6 +16,7 @@
 //! - [`store`]: every database query and write.
 //! - [`sim`]: simulated devices for tests, `gatehouse simulate` and benchmarks.
 //! - [`billing`]: rooms, appliances and payments (TOTP, endpoint JWTs, bank imports).
+//! - `fuzzing` (hidden): the properties behind the `cargo fuzz` targets and `tests/fuzz_corpus.rs`.
 //!
 //! Data flows one way: socket → session actor → store; REST → registry → session actor → socket → reply.
 
@@ -27,6 +28,8 @@ pub mod delivery;
 pub mod devices;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod registry;
 pub mod sim;

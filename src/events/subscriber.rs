@@ -30,12 +30,81 @@ pub struct EventSubscriber {
 #[rtype(result = "()")]
 struct Wake;
 
+/// The wire form of a client op, before it is checked.
 #[derive(Deserialize)]
-struct Op {
+struct RawOp {
     op: String,
     #[serde(default)]
     topics: Vec<String>,
     interval: Option<f64>,
+}
+
+/// What a client op asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Subscribe,
+    Unsubscribe,
+}
+
+impl OpKind {
+    /// The `op` name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Subscribe => "subscribe",
+            OpKind::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+/// A client op whose topics passed [`validate_topic`]. `interval` is as sent: it is only checked (and only
+/// matters) when a `subscribe` includes `stats`, after the topics have been applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    pub kind: OpKind,
+    pub topics: Vec<String>,
+    pub interval: Option<f64>,
+}
+
+/// Why an op was refused; `code` and `message` go into the `{"op":"error",…}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct OpError {
+    /// `bad_request`, `unknown_op` or `invalid_topic`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Parses one text frame from a subscriber: `{"op":"subscribe"|"unsubscribe","topics":[…],"interval":s}`.
+///
+/// # Errors
+/// `bad_request` when the text is not such an object, `unknown_op` for any other `op`, `invalid_topic` (with
+/// [`validate_topic`]'s message) for the first malformed topic. The op name is checked before the topics.
+pub fn parse_op(text: &str) -> Result<Op, OpError> {
+    let raw: RawOp = serde_json::from_str(text).map_err(|err| OpError {
+        code: "bad_request",
+        message: format!("expected {{\"op\":…,\"topics\":[…]}}: {err}"),
+    })?;
+    let kind = match raw.op.as_str() {
+        "subscribe" => OpKind::Subscribe,
+        "unsubscribe" => OpKind::Unsubscribe,
+        other => {
+            return Err(OpError {
+                code: "unknown_op",
+                message: format!("unknown op `{other}`: use subscribe or unsubscribe"),
+            })
+        }
+    };
+    if let Some(bad) = raw.topics.iter().find_map(|t| validate_topic(t).err()) {
+        return Err(OpError {
+            code: "invalid_topic",
+            message: bad,
+        });
+    }
+    Ok(Op {
+        kind,
+        topics: raw.topics,
+        interval: raw.interval,
+    })
 }
 
 impl EventSubscriber {
@@ -94,50 +163,35 @@ impl EventSubscriber {
     }
 
     fn on_op(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let op: Op = match serde_json::from_str(text) {
+        let op = match parse_op(text) {
             Ok(op) => op,
-            Err(err) => {
-                return self.error(
-                    "bad_request",
-                    format!("expected {{\"op\":…,\"topics\":[…]}}: {err}"),
-                    ctx,
-                )
-            }
+            Err(err) => return self.error(err.code, err.message, ctx),
         };
-        match op.op.as_str() {
-            "subscribe" | "unsubscribe" => {
-                if let Some(bad) = op.topics.iter().find_map(|t| validate_topic(t).err()) {
-                    return self.error("invalid_topic", bad, ctx);
-                }
-                if op.op == "subscribe" {
-                    self.subscription.set_topics(&op.topics, &[]);
-                    if op.topics.iter().any(|t| t == "stats") {
-                        let seconds = op.interval.unwrap_or(DEFAULT_STATS_INTERVAL);
-                        if !(0.1..=3600.0).contains(&seconds) {
-                            return self.error(
-                                "invalid_interval",
-                                "interval is 0.1 to 3600 seconds".into(),
-                                ctx,
-                            );
-                        }
-                        self.start_stats(Duration::from_secs_f64(seconds), ctx);
+        match op.kind {
+            OpKind::Subscribe => {
+                self.subscription.set_topics(&op.topics, &[]);
+                if op.topics.iter().any(|t| t == "stats") {
+                    let seconds = op.interval.unwrap_or(DEFAULT_STATS_INTERVAL);
+                    if !(0.1..=3600.0).contains(&seconds) {
+                        return self.error(
+                            "invalid_interval",
+                            "interval is 0.1 to 3600 seconds".into(),
+                            ctx,
+                        );
                     }
-                    self.send(&json!({"op": "subscribed", "topics": op.topics}), ctx);
-                } else {
-                    self.subscription.set_topics(&[], &op.topics);
-                    if op.topics.iter().any(|t| t == "stats") {
-                        if let Some(handle) = self.stats.take() {
-                            ctx.cancel_future(handle);
-                        }
-                    }
-                    self.send(&json!({"op": "unsubscribed", "topics": op.topics}), ctx);
+                    self.start_stats(Duration::from_secs_f64(seconds), ctx);
                 }
+                self.send(&json!({"op": "subscribed", "topics": op.topics}), ctx);
             }
-            other => self.error(
-                "unknown_op",
-                format!("unknown op `{other}`: use subscribe or unsubscribe"),
-                ctx,
-            ),
+            OpKind::Unsubscribe => {
+                self.subscription.set_topics(&[], &op.topics);
+                if op.topics.iter().any(|t| t == "stats") {
+                    if let Some(handle) = self.stats.take() {
+                        ctx.cancel_future(handle);
+                    }
+                }
+                self.send(&json!({"op": "unsubscribed", "topics": op.topics}), ctx);
+            }
         }
     }
 
@@ -248,5 +302,61 @@ impl StreamHandler<WsEvent> for EventSubscriber {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> &'static str {
+        match parse_op(text) {
+            Err(err) => err.code,
+            Ok(op) => panic!("expected an error from {text:?}, got {op:?}"),
+        }
+    }
+
+    #[test]
+    fn parse_op_reads_subscribe_and_unsubscribe() {
+        let op = parse_op(r#"{"op":"subscribe","topics":["stats","kind:ocpp"],"interval":2}"#);
+        assert_eq!(
+            op,
+            Ok(Op {
+                kind: OpKind::Subscribe,
+                topics: vec!["stats".into(), "kind:ocpp".into()],
+                interval: Some(2.0),
+            })
+        );
+        let op = parse_op(r#"{"op":"unsubscribe"}"#);
+        assert_eq!(
+            op,
+            Ok(Op {
+                kind: OpKind::Unsubscribe,
+                topics: vec![],
+                interval: None,
+            })
+        );
+    }
+
+    #[test]
+    fn parse_op_refuses_malformed_ops_with_the_answer_codes() {
+        let table = [
+            ("", "bad_request"),
+            ("[]", "bad_request"),
+            (r#"{"topics":[]}"#, "bad_request"),
+            (r#"{"op":"subscribe","topics":"stats"}"#, "bad_request"),
+            (r#"{"op":"subscribe","interval":"1"}"#, "bad_request"),
+            (r#"{"op":"Subscribe"}"#, "unknown_op"),
+            // The op name is checked before the topics.
+            (r#"{"op":"watch","topics":["nope"]}"#, "unknown_op"),
+            (r#"{"op":"subscribe","topics":["nope"]}"#, "invalid_topic"),
+            (
+                r#"{"op":"unsubscribe","topics":["device:"]}"#,
+                "invalid_topic",
+            ),
+        ];
+        for (text, expected) in table {
+            assert_eq!(code(text), expected, "{text}");
+        }
     }
 }

@@ -896,8 +896,8 @@ pub fn resolve_action(name: &str) -> Option<&'static str> {
 /// the snake-case aliases in [`ACTION_ALIASES`]. `params` (null = {}) always use OCPP's
 /// camelCase field names and are validated exactly per the request schema; the error names the
 /// first offending field by JSON path (e.g.
-/// `chargingProfile.chargingSchedule.chargingSchedulePeriod[0].limit`) and also lists any
-/// further problems in its message.
+/// `chargingProfile.chargingSchedule.chargingSchedulePeriod[0].limit`) and also lists up to four
+/// further problems in its message, then counts the rest.
 pub fn parse_action(name: &str, params: &Value) -> Result<CsAction, ActionError> {
     let action = resolve_action(name).ok_or_else(|| ActionError::UnknownAction(name.to_owned()))?;
     let empty = Value::Object(serde_json::Map::new());
@@ -906,10 +906,14 @@ pub fn parse_action(name: &str, params: &Value) -> Result<CsAction, ActionError>
     let decoded = decode_action(&mut cx, action, params);
     cx.finish(decoded)
         .map(|(action, _)| action)
-        .map_err(|problems| invalid_params(&problems))
+        .map_err(|(problems, total)| invalid_params(&problems, total))
 }
 
-fn invalid_params(problems: &[Problem]) -> ActionError {
+/// Problems spelled out in an [`ActionError::InvalidParams`] message; the rest are only counted, as in the
+/// CALLERROR descriptions of `messages`.
+const SHOWN_PROBLEMS: usize = 5;
+
+fn invalid_params(problems: &[Problem], total: usize) -> ActionError {
     let Some(first) = problems.first() else {
         return ActionError::InvalidParams {
             field: "params".into(),
@@ -922,8 +926,14 @@ fn invalid_params(problems: &[Problem]) -> ActionError {
         first.path.clone()
     };
     let mut message = first.message.clone();
-    for other in problems.iter().skip(1) {
+    for other in problems.iter().skip(1).take(SHOWN_PROBLEMS - 1) {
         message.push_str(&format!("; also {other}"));
+    }
+    // Listing every problem let a params array of `{}` items grow the error body ~20x past the request
+    // (found by the ocpp_action fuzz target); the first few say what is wrong just as well.
+    let total = total.max(problems.len());
+    if total > SHOWN_PROBLEMS {
+        message.push_str(&format!("; and {} more", total - SHOWN_PROBLEMS));
     }
     ActionError::InvalidParams { field, message }
 }
@@ -1632,6 +1642,24 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("invalid params: connectorId: expected integer"));
+    }
+
+    #[test]
+    fn invalid_params_list_a_few_problems_and_count_the_rest() {
+        // 300 empty entries, 1 problem each: the message must not grow with the list.
+        let list: Vec<Value> = (0..300).map(|_| json!({})).collect();
+        let err = parse_action(
+            "SendLocalList",
+            &json!({"listVersion": 1, "updateType": "Full", "localAuthorizationList": list}),
+        )
+        .expect_err("invalid");
+        let ActionError::InvalidParams { field, message } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(field, "localAuthorizationList[0].idTag");
+        assert_eq!(message.matches("; also ").count(), 4, "{message}");
+        assert!(message.ends_with("; and 295 more"), "{message}");
+        assert!(message.len() < 1000, "{message}");
     }
 
     /// A realistic answer for each action.

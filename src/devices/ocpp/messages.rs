@@ -670,7 +670,7 @@ pub fn parse_cp_request_with_notes(
     let mut cx = Cx::new(strict);
     let request = decode_request(&mut cx, action, payload);
     cx.finish(request)
-        .map_err(|problems| decode::summarize(&problems))
+        .map_err(|(problems, total)| decode::summarize(&problems, total))
 }
 
 fn decode_request(cx: &mut Cx, action: &str, payload: &Value) -> Option<CpRequest> {
@@ -1211,7 +1211,8 @@ pub(crate) mod decode {
 
     /// The CALLERROR for a list of problems: the first one's code, and all of them described
     /// (capped, since the description goes on the wire).
-    pub(crate) fn summarize(problems: &[Problem]) -> (ErrorCode, String) {
+    /// `total` counts the problems found, kept or not (see [`KEPT_PROBLEMS`]).
+    pub(crate) fn summarize(problems: &[Problem], total: usize) -> (ErrorCode, String) {
         const SHOWN: usize = 5;
         let code = problems
             .first()
@@ -1222,8 +1223,9 @@ pub(crate) mod decode {
             .map(Problem::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        if problems.len() > SHOWN {
-            description.push_str(&format!("; and {} more", problems.len() - SHOWN));
+        let total = total.max(problems.len());
+        if total > SHOWN {
+            description.push_str(&format!("; and {} more", total - SHOWN));
         }
         (code, description)
     }
@@ -1240,9 +1242,17 @@ pub(crate) mod decode {
     pub(crate) struct Cx {
         strict: bool,
         path: Vec<Seg>,
+        /// The first [`KEPT_PROBLEMS`] problems.
         problems: Vec<Problem>,
+        /// Problems found after the first [`KEPT_PROBLEMS`]: counted, not kept.
+        more_problems: usize,
         notes: Vec<String>,
     }
+
+    /// Problems kept with their path and message per decoding run. Keeping every one let a payload
+    /// of `[{},{},…]` items cost ~150x its size in problem strings (found by the allocation
+    /// property of the ocpp_message and ocpp_action fuzz targets); errors show only 5 anyway.
+    pub(crate) const KEPT_PROBLEMS: usize = 16;
 
     impl Cx {
         pub(crate) fn new(strict: bool) -> Self {
@@ -1250,7 +1260,18 @@ pub(crate) mod decode {
                 strict,
                 path: Vec::new(),
                 problems: Vec::new(),
+                more_problems: 0,
                 notes: Vec::new(),
+            }
+        }
+
+        /// Keeps `problem` while fewer than [`KEPT_PROBLEMS`] are kept, else counts it.
+        fn push_problem(&mut self, problem: impl FnOnce(&Cx) -> Problem) {
+            if self.problems.len() < KEPT_PROBLEMS {
+                let problem = problem(self);
+                self.problems.push(problem);
+            } else {
+                self.more_problems += 1;
             }
         }
 
@@ -1285,10 +1306,9 @@ pub(crate) mod decode {
 
         /// Records a problem at the current path.
         pub(crate) fn fail(&mut self, code: ErrorCode, message: impl Into<String>) {
-            let path = self.path();
-            self.problems.push(Problem {
+            self.push_problem(|cx| Problem {
                 code,
-                path,
+                path: cx.path(),
                 message: message.into(),
             });
         }
@@ -1317,18 +1337,27 @@ pub(crate) mod decode {
             out
         }
 
-        /// The decoded value and the notes, or every problem found.
-        pub(crate) fn finish<T>(self, value: Option<T>) -> Result<(T, Vec<String>), Vec<Problem>> {
+        /// The decoded value and the notes, or the kept problems and how many were found.
+        pub(crate) fn finish<T>(
+            self,
+            value: Option<T>,
+        ) -> Result<(T, Vec<String>), (Vec<Problem>, usize)> {
             match value {
                 Some(value) if self.problems.is_empty() => Ok((value, self.notes)),
                 // A reader that gives up must have said why; if one ever does not, still fail
                 // loudly rather than hand out a half-read message.
-                None if self.problems.is_empty() => Err(vec![Problem {
-                    code: ErrorCode::InternalError,
-                    path: String::new(),
-                    message: "payload could not be read".into(),
-                }]),
-                _ => Err(self.problems),
+                None if self.problems.is_empty() => Err((
+                    vec![Problem {
+                        code: ErrorCode::InternalError,
+                        path: String::new(),
+                        message: "payload could not be read".into(),
+                    }],
+                    1,
+                )),
+                _ => {
+                    let total = self.problems.len() + self.more_problems;
+                    Err((self.problems, total))
+                }
             }
         }
 
@@ -1774,7 +1803,7 @@ pub(crate) mod decode {
             for key in unknown {
                 let path = self.cx.child_path(key);
                 if self.cx.strict {
-                    self.cx.problems.push(Problem {
+                    self.cx.push_problem(|_| Problem {
                         code: ErrorCode::FormationViolation,
                         path,
                         message: "unknown property (the schema allows no additional properties)"
@@ -2612,6 +2641,25 @@ mod tests {
         }
         let max = json!({"connectorId": 2147483647, "errorCode": "NoError", "status": "Available"});
         assert!(parse_cp_request("StatusNotification", max, true).is_ok());
+    }
+
+    #[test]
+    fn a_payload_full_of_problems_keeps_a_few_and_counts_the_rest() {
+        // Found by the ocpp_message fuzz target's allocation bound (fuzz/regressions/ocpp_message/).
+        let items: Vec<Value> = (0..500).map(|_| json!({})).collect();
+        let payload = json!({"connectorId": 1, "meterValue": items});
+        for strict in [true, false] {
+            let (code, description) =
+                parse_cp_request("MeterValues", payload.clone(), strict).expect_err("invalid");
+            assert_eq!(
+                code,
+                ErrorCode::OccurenceConstraintViolation,
+                "{description}"
+            );
+            assert!(description.starts_with("meterValue[0]."), "{description}");
+            // Two problems per item (timestamp, sampledValue); 5 are shown, all are counted.
+            assert!(description.ends_with("; and 995 more"), "{description}");
+        }
     }
 
     #[test]

@@ -804,7 +804,15 @@ fn normalize_record(b: BackupNum, r: UserRecord) -> Result<UserRecord, CommandEr
         (_, UserRecord::Text(t)) => {
             // Browsers hand out photos as data URLs; the device wants bare base64.
             let t = match (slot, t.split_once(";base64,")) {
-                (50, Some((head, body))) if head.starts_with("data:") => body.to_string(),
+                (50, Some((head, body))) if head.starts_with("data:") => {
+                    // Checked, so that what we keep is never itself a data URL: stripping
+                    // `data:…;base64,data:…;base64,x` once used to leave a new data URL, and the
+                    // normalized params then meant something else (tm20_command fuzz target).
+                    if !body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
+                        return Err(invalid("record", "the data URL's body is not base64"));
+                    }
+                    body.to_string()
+                }
                 _ => t,
             };
             if t.is_empty() {
@@ -2277,6 +2285,32 @@ mod tests {
             frame("getusername", json!({"enrollid":99_999_999}))["enrollid"],
             json!(99_999_999)
         );
+    }
+
+    #[test]
+    fn photo_data_urls_are_stripped_once_and_must_hold_base64() {
+        let record = |r: &str| {
+            parse(
+                "setuserinfo",
+                json!({"enrollid":1,"backupnum":50,"record":r}),
+            )
+            .map(|v| v.command.params_json()["record"].clone())
+        };
+        assert_eq!(
+            record("data:image/jpeg;base64,/9j/4A+Q=="),
+            Ok(json!("/9j/4A+Q=="))
+        );
+        // Found by the tm20_command fuzz target: one strip left a data URL behind.
+        for nested in [
+            "data:jpea;base64,data:jpea;bas/9j/AAQ;base64,j",
+            "data:image/jpeg;base64,data:image/jpeg;base64,/9j/",
+            "data:image/jpeg;base64,/9j/ 4AAQ",
+        ] {
+            assert!(
+                matches!(record(nested), Err(CommandError::InvalidParams { ref field, .. }) if field == "record"),
+                "{nested}"
+            );
+        }
     }
 
     #[test]

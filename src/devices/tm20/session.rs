@@ -370,6 +370,9 @@ impl Tm20Session {
         for rejected in &batch.rejected {
             tracing::warn!(sn = ?self.sn(), index = rejected.index, reason = %rejected.reason, raw = %rejected.raw, "unusable attendance record skipped");
         }
+        if batch.rejected_more > 0 {
+            tracing::warn!(sn = ?self.sn(), count = batch.rejected_more, "more unusable attendance records skipped");
+        }
         let terminal_id = self.terminal_id_future();
         let store = self.deps.store.clone();
         let (count, logindex) = (Some(batch.ack_count()), batch.logindex);
