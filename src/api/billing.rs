@@ -583,6 +583,13 @@ pub async fn create_room(
         .key
         .filter(|k| *k > 0)
         .ok_or_else(|| invalid("key", "`key` must be a positive room number"))?;
+    // The shared body type documents `reason` for PATCH; here it would be silently dropped, so refuse it.
+    if body.reason.is_some() {
+        return Err(invalid(
+            "reason",
+            "`reason` applies to PATCH only: a new room has no adjustment to explain",
+        ));
+    }
     let balance = check_balance(body.balance.unwrap_or(0))?;
     let row = state
         .store
@@ -918,6 +925,12 @@ pub async fn create_endpoint(
             .as_deref()
             .ok_or_else(|| invalid("name", "`name` is required"))?,
     )?;
+    if body.bump_token_version {
+        return Err(invalid(
+            "bump_token_version",
+            "`bump_token_version` applies to PATCH only: a new endpoint holds no tokens",
+        ));
+    }
     let row = state
         .store
         .create_endpoint(id, &name)

@@ -899,10 +899,22 @@ async fn rooms_endpoints_and_appliances_are_managed_by_admins() {
         json!({"key": 0}),
         json!({"key": 1, "balance": -1}),
         json!({}),
+        // PATCH-only fields are refused, not silently dropped.
+        json!({"key": 2, "reason": "opening balance"}),
     ] {
         let (status, body) = app.post("/api/rooms", bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
+    let (status, body) = app
+        .post(
+            "/api/endpoints",
+            json!({"id": 77, "name": "new", "bump_token_version": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "bump_token_version", "{body}");
+    let (status, _) = app.get("/api/rooms/2").await;
+    assert_eq!(status, 404, "the refused room was not created");
     let (status, _) = read(app.http.get(app.url("/api/rooms")).send().await).await;
     assert_eq!(status, 401, "admin token required");
     let (_, rooms) = app.get("/api/rooms").await;

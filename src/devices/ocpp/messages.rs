@@ -1246,13 +1246,20 @@ pub(crate) mod decode {
         problems: Vec<Problem>,
         /// Problems found after the first [`KEPT_PROBLEMS`]: counted, not kept.
         more_problems: usize,
+        /// The first [`KEPT_NOTES`] leniency notes.
         notes: Vec<String>,
+        /// Notes beyond the first [`KEPT_NOTES`]: counted, not kept.
+        more_notes: usize,
     }
 
     /// Problems kept with their path and message per decoding run. Keeping every one let a payload
     /// of `[{},{},…]` items cost ~150x its size in problem strings (found by the allocation
     /// property of the ocpp_message and ocpp_action fuzz targets); errors show only 5 anyway.
     pub(crate) const KEPT_PROBLEMS: usize = 16;
+
+    /// Leniency notes kept per decoding run, for the same reason: a payload of many quirky items would
+    /// otherwise cost a note string per item (the log line names the first ones and the count of the rest).
+    pub(crate) const KEPT_NOTES: usize = 16;
 
     impl Cx {
         pub(crate) fn new(strict: bool) -> Self {
@@ -1262,6 +1269,7 @@ pub(crate) mod decode {
                 problems: Vec::new(),
                 more_problems: 0,
                 notes: Vec::new(),
+                more_notes: 0,
             }
         }
 
@@ -1315,6 +1323,10 @@ pub(crate) mod decode {
 
         /// Records a quirk that lenient mode accepted, at the current path.
         pub(crate) fn note(&mut self, message: impl std::fmt::Display) {
+            if self.notes.len() >= KEPT_NOTES {
+                self.more_notes += 1;
+                return;
+            }
             let path = self.path();
             let path = if path.is_empty() { "payload" } else { &path };
             self.notes.push(format!("{path}: {message}"));
@@ -1343,7 +1355,16 @@ pub(crate) mod decode {
             value: Option<T>,
         ) -> Result<(T, Vec<String>), (Vec<Problem>, usize)> {
             match value {
-                Some(value) if self.problems.is_empty() => Ok((value, self.notes)),
+                Some(value) if self.problems.is_empty() => {
+                    let mut notes = self.notes;
+                    if self.more_notes > 0 {
+                        notes.push(format!(
+                            "payload: {} more quirks like these",
+                            self.more_notes
+                        ));
+                    }
+                    Ok((value, notes))
+                }
                 // A reader that gives up must have said why; if one ever does not, still fail
                 // loudly rather than hand out a half-read message.
                 None if self.problems.is_empty() => Err((
@@ -2306,6 +2327,28 @@ mod tests {
                 "{payload}: {description:?} should name {field}"
             );
         }
+    }
+
+    #[test]
+    fn lenient_notes_are_capped() {
+        // 200 sampled values, each with a quirky unit: one note per value would grow with the payload.
+        let values: Vec<_> = (0..200)
+            .map(|_| json!({"value": "1", "unit": "KWH"}))
+            .collect();
+        let payload = json!({"connectorId": 1, "meterValue": [{"timestamp": "2024-05-14T09:15:00Z", "sampledValue": values}]});
+        let (_, notes) =
+            parse_cp_request_with_notes("MeterValues", &payload, false).expect("lenient parse");
+        assert_eq!(notes.len(), super::decode::KEPT_NOTES + 1, "{notes:#?}");
+        assert_eq!(
+            notes.last().map(String::as_str),
+            Some(
+                format!(
+                    "payload: {} more quirks like these",
+                    200 - super::decode::KEPT_NOTES
+                )
+                .as_str()
+            )
+        );
     }
 
     #[test]

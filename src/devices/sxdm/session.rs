@@ -495,12 +495,8 @@ async fn check_login(
 pub fn password_matches(secret: &str, random: &str, password: &str) -> bool {
     let digest = hex::encode(Sha256::digest(format!("{secret}{random}").as_bytes()));
     let password = password.trim();
-    constant_time_eq(password.as_bytes(), secret.as_bytes())
-        | constant_time_eq(password.to_ascii_lowercase().as_bytes(), digest.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::api::constant_time_eq(password.as_bytes(), secret.as_bytes())
+        | crate::api::constant_time_eq(password.to_ascii_lowercase().as_bytes(), digest.as_bytes())
 }
 
 impl Actor for PanelSession {
