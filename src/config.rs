@@ -251,6 +251,12 @@ pub struct Settings {
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub http_request_timeout: Duration,
 
+    /// What carries WebSocket frames once a handshake is accepted: `lean` (the listener takes the socket over
+    /// from the HTTP dispatcher: no per-socket HTTP buffers, a large frame's memory goes back after it) or
+    /// `actix-ws` (frames stay inside actix-http's HTTP/1 dispatcher).
+    #[arg(long, env = "DEVICE_TRANSPORT", value_enum, default_value = "lean")]
+    pub device_transport: DeviceTransport,
+
     /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
@@ -297,6 +303,7 @@ impl Default for Settings {
             auth_fail_limit: 10,
             trust_forwarded_for: false,
             http_request_timeout: Duration::from_secs(5),
+            device_transport: DeviceTransport::Lean,
             sxdm_bind: DEFAULT_SXDM_BIND.into(),
             sxdm_auth_token: None,
             sxdm_timeout: Duration::from_secs(30),
@@ -329,6 +336,13 @@ impl Default for Settings {
 pub struct ConfigError {
     pub variable: &'static str,
     pub message: String,
+}
+
+/// See [`Settings::device_transport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceTransport {
+    Lean,
+    ActixWs,
 }
 
 fn config_error(variable: &'static str, message: impl Into<String>) -> ConfigError {
@@ -552,6 +566,13 @@ impl Settings {
                 u8::from(self.trust_forwarded_for).to_string(),
             ),
             ("HTTP_REQUEST_TIMEOUT", secs(self.http_request_timeout)),
+            (
+                "DEVICE_TRANSPORT",
+                match self.device_transport {
+                    DeviceTransport::Lean => "lean".into(),
+                    DeviceTransport::ActixWs => "actix-ws".into(),
+                },
+            ),
             ("SXDM_BIND", self.sxdm_bind.clone()),
             (
                 "SXDM_AUTH_TOKEN",

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod devices;
+pub mod edge;
 pub mod error;
 pub mod events;
 #[doc(hidden)]

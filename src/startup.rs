@@ -10,6 +10,8 @@ use actix_web::{
     web, App, HttpServer,
 };
 
+use crate::edge::{self, ListenerOptions};
+
 use actix::Addr;
 
 use crate::api::{self, AppState};
@@ -165,6 +167,7 @@ impl Application {
         let rest_limits = RestLimits::new(&settings);
         rest_limits.sweep_now_and_then();
         let request_timeout = settings.http_request_timeout;
+        let lean_sockets = settings.device_transport == crate::config::DeviceTransport::Lean;
         let sxdm_addr = settings.sxdm_bind.trim().to_owned();
         let sxdm_server = match sxdm_listener {
             Some(listener) => {
@@ -172,7 +175,7 @@ impl Application {
                 let limits = limits.clone();
                 let rest_limits = rest_limits.clone();
                 let max_body = settings.sxdm_max_frame_bytes;
-                let server = HttpServer::new(move || {
+                let factory = move || {
                     App::new()
                         .app_data(state.clone())
                         .app_data(limits.clone())
@@ -187,25 +190,27 @@ impl Application {
                         .wrap(from_fn(api::request_id::middleware))
                         .configure(api::configure_sxdm)
                         .default_service(web::to(api::panels::missing_sn))
-                })
-                .workers(1)
-                .client_request_timeout(request_timeout)
-                .listen(listener)
-                .map_err(|source| StartupError::Bind {
-                    variable: "SXDM_BIND",
-                    addr: sxdm_addr.clone(),
-                    source,
-                })?
-                .shutdown_timeout(5)
-                .disable_signals()
-                .run();
+                };
+                let options = ListenerOptions {
+                    name: "sxdm",
+                    request_timeout,
+                    workers: Some(1),
+                    lean_sockets,
+                };
+                let server = edge::serve(listener, factory, &options).map_err(|source| {
+                    StartupError::Bind {
+                        variable: "SXDM_BIND",
+                        addr: sxdm_addr.clone(),
+                        source,
+                    }
+                })?;
                 tracing::info!(port = sxdm_port, "panel manager listener (SXDM_BIND) up");
                 Some(server)
             }
             None => None,
         };
         let max_panel_body = settings.sxdm_max_frame_bytes;
-        let server = HttpServer::new(move || {
+        let factory = move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(limits.clone())
@@ -227,15 +232,16 @@ impl Application {
                 .wrap(rest_limits.by_address())
                 .wrap(from_fn(api::request_id::middleware))
                 .configure(api::configure)
-        })
-        .client_request_timeout(request_timeout)
-        .listen(listener)
-        .map_err(bind_err)?
-        .shutdown_timeout(5)
+        };
         // Signals are ours (see `run_until_stopped`): a plain stop would cut device sockets without 1001
         // and leave this node's routes behind.
-        .disable_signals()
-        .run();
+        let options = ListenerOptions {
+            name: "gatehouse",
+            request_timeout,
+            workers: None,
+            lean_sockets,
+        };
+        let server = edge::serve(listener, factory, &options).map_err(bind_err)?;
         tracing::info!(port, node = %node_id, "gatehouse listening");
         if let Some(addr) = settings
             .metrics_bind

@@ -7,6 +7,7 @@ pub mod ocpp;
 pub mod sxdm;
 pub mod tm20;
 pub mod transport;
+pub mod wire;
 
 /// Why a command could not be queued on a device's session.
 #[derive(Debug, thiserror::Error)]

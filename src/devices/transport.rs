@@ -1,15 +1,19 @@
 //! The WebSocket edge shared by every device family: turns an HTTP upgrade into (a stream of [`WsEvent`]s, a
 //! bounded [`Outbox`]). Session actors see only these two, so protocol code knows nothing of actix-ws.
 //!
-//! Outgoing frames go through one bounded channel to one writer task that owns the `actix_ws::Session`, which
-//! keeps their order. A device that stops reading fills the channel; the session then closes it instead of
-//! buffering without bound.
+//! Two carriers, chosen by the listener (`DEVICE_TRANSPORT`, see [`crate::edge`]): the lean one
+//! ([`super::wire`], default), where the listener takes the socket over after our 101, and actix-ws inside the
+//! HTTP/1 dispatcher. Either way outgoing frames go through one bounded channel to one writer task, which keeps
+//! their order. A device that stops reading fills the channel; the session then closes it instead of buffering
+//! without bound.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::wire::FrameReader;
+use crate::edge::{Plumbing, UpgradeSlot};
 use crate::limits::{FrameBudget, FrameVerdict, Limits, SocketPermit};
 
 /// Frames that may wait for the writer per socket. A terminal exchanges one command at a time, so a device
@@ -99,14 +103,95 @@ impl Outbox {
 /// Performs the WebSocket handshake and starts the writer task.
 ///
 /// # Errors
-/// When the request is not a valid WebSocket upgrade (answered 400 by actix).
+/// When the request is not a valid WebSocket upgrade (answered 400), or the socket limits refuse it.
 pub fn accept(
     req: &HttpRequest,
     body: web::Payload,
     max_frame_bytes: usize,
 ) -> Result<Accepted, actix_web::Error> {
+    accept_inner(req, body, max_frame_bytes, None)
+}
+
+fn accept_inner(
+    req: &HttpRequest,
+    body: web::Payload,
+    max_frame_bytes: usize,
+    protocol: Option<&'static str>,
+) -> Result<Accepted, actix_web::Error> {
+    let slot = req.extensions().get::<UpgradeSlot>().cloned();
+    if let Some(slot) = slot {
+        // The listener takes the socket over after our 101 (`crate::edge`): check the handshake here, and
+        // leave it what the socket needs.
+        let mut response = actix_http::ws::handshake(req.head())?;
+        let guard = admit(req)?;
+        if let Some(protocol) = protocol {
+            response.insert_header((actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, protocol));
+        }
+        let (permit, budget) = split_guard(guard);
+        let (tx, outbox) = mpsc::channel::<OutFrame>(OUTBOX_CAPACITY);
+        let (reader_tx, reader_rx) = oneshot::channel::<FrameReader>();
+        slot.fill(Plumbing {
+            reader: reader_tx,
+            outbox,
+            permit,
+            max_message_bytes: max_frame_bytes,
+        });
+        let frames = futures_util::stream::once(reader_rx)
+            .filter_map(|reader| std::future::ready(reader.ok()))
+            .flat_map(|reader| {
+                futures_util::stream::unfold(reader, |mut reader| async move {
+                    reader.next_event().await.map(|event| (event, reader))
+                })
+            });
+        let events = police(frames, budget);
+        return Ok((
+            response.finish().map_into_boxed_body().into(),
+            Box::pin(events),
+            Outbox { tx },
+        ));
+    }
     let guard = admit(req)?;
-    Ok(start(actix_ws::handle(req, body)?, max_frame_bytes, guard))
+    let handshake = match protocol {
+        Some(protocol) => actix_ws::handle_with_protocols(req, body, &[protocol])?,
+        None => actix_ws::handle(req, body)?,
+    };
+    Ok(start(handshake, max_frame_bytes, guard))
+}
+
+fn split_guard(guard: Guard) -> (Option<SocketPermit>, Option<FrameBudget>) {
+    match guard {
+        Some((permit, budget)) => (Some(permit), budget),
+        None => (None, None),
+    }
+}
+
+/// Applies the socket's frame budget to its data frames (control frames do not spend it): over the rate a
+/// frame becomes [`WsEvent::Limited`]; a persistent flood ends in [`WsFailure::Flood`] for every later frame.
+fn police(
+    frames: impl Stream<Item = WsEvent> + 'static,
+    mut budget: Option<FrameBudget>,
+) -> impl Stream<Item = WsEvent> + 'static {
+    let mut flooded = false;
+    frames.map(move |event| {
+        let is_data = matches!(event, WsEvent::Text(_) | WsEvent::Binary(_));
+        if !is_data {
+            return event;
+        }
+        if flooded {
+            return WsEvent::Error(WsFailure::Flood);
+        }
+        match budget.as_mut().map(FrameBudget::check) {
+            None | Some(FrameVerdict::Process) => event,
+            Some(FrameVerdict::Refuse) => match event {
+                WsEvent::Text(text) => WsEvent::Limited(text),
+                _ => WsEvent::Limited(String::new()),
+            },
+            Some(FrameVerdict::Flood) => {
+                flooded = true;
+                WsEvent::Error(WsFailure::Flood)
+            }
+        }
+    })
 }
 
 /// A socket's place in the node's limits and its frame budget (none when no [`Limits`] are installed, as in
@@ -132,19 +217,14 @@ fn admit(req: &HttpRequest) -> Result<Guard, actix_web::Error> {
 /// Like [`accept`], echoing `protocol` as the negotiated subprotocol (the caller checked it was offered).
 ///
 /// # Errors
-/// When the request is not a valid WebSocket upgrade.
+/// When the request is not a valid WebSocket upgrade, or the socket limits refuse it.
 pub fn accept_with_protocol(
     req: &HttpRequest,
     body: web::Payload,
     max_frame_bytes: usize,
     protocol: &'static str,
 ) -> Result<Accepted, actix_web::Error> {
-    let guard = admit(req)?;
-    Ok(start(
-        actix_ws::handle_with_protocols(req, body, &[protocol])?,
-        max_frame_bytes,
-        guard,
-    ))
+    accept_inner(req, body, max_frame_bytes, Some(protocol))
 }
 
 /// The handshake answer, the frame stream, and the outbox of one accepted socket.
@@ -156,40 +236,14 @@ pub type WsEvents = std::pin::Pin<Box<dyn Stream<Item = WsEvent> + 'static>>;
 type Handshake = (HttpResponse, actix_ws::Session, actix_ws::MessageStream);
 
 fn start((response, session, stream): Handshake, max_frame_bytes: usize, guard: Guard) -> Accepted {
-    let (permit, mut budget) = match guard {
-        Some((permit, budget)) => (Some(permit), budget),
-        None => (None, None),
-    };
-    let mut flooded = false;
-    // Data frames spend the socket's frame budget; control frames do not.
-    let mut verdict = move || match budget.as_mut().map(FrameBudget::check) {
-        None | Some(FrameVerdict::Process) => FrameVerdict::Process,
-        Some(other) => other,
-    };
-    let events = stream
+    let (permit, budget) = split_guard(guard);
+    let frames = stream
         .max_frame_size(max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(max_frame_bytes)
-        .map(move |item| match item {
-            Ok(AggregatedMessage::Text(_) | AggregatedMessage::Binary(_)) if flooded => {
-                WsEvent::Error(WsFailure::Flood)
-            }
-            Ok(AggregatedMessage::Text(text)) => match verdict() {
-                FrameVerdict::Process => WsEvent::Text(text.to_string()),
-                FrameVerdict::Refuse => WsEvent::Limited(text.to_string()),
-                FrameVerdict::Flood => {
-                    flooded = true;
-                    WsEvent::Error(WsFailure::Flood)
-                }
-            },
-            Ok(AggregatedMessage::Binary(bytes)) => match verdict() {
-                FrameVerdict::Process => WsEvent::Binary(bytes),
-                FrameVerdict::Refuse => WsEvent::Limited(String::new()),
-                FrameVerdict::Flood => {
-                    flooded = true;
-                    WsEvent::Error(WsFailure::Flood)
-                }
-            },
+        .map(|item| match item {
+            Ok(AggregatedMessage::Text(text)) => WsEvent::Text(text.to_string()),
+            Ok(AggregatedMessage::Binary(bytes)) => WsEvent::Binary(bytes),
             Ok(AggregatedMessage::Ping(bytes)) => WsEvent::Ping(bytes.to_vec()),
             Ok(AggregatedMessage::Pong(_)) => WsEvent::Pong,
             Ok(AggregatedMessage::Close(reason)) => {
@@ -201,6 +255,7 @@ fn start((response, session, stream): Handshake, max_frame_bytes: usize, guard: 
             }
             Err(_) => WsEvent::Error(WsFailure::Protocol),
         });
+    let events = police(frames, budget);
     let (tx, mut rx) = mpsc::channel::<OutFrame>(OUTBOX_CAPACITY);
     actix_rt::spawn(async move {
         // The socket holds its place in the limits until the writer ends with it.

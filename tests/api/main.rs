@@ -21,3 +21,4 @@ mod panels;
 mod queue;
 mod registration;
 mod rest;
+mod transport;
