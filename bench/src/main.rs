@@ -114,6 +114,10 @@ enum Scenario {
         /// Seconds the server's idle CPU is measured over.
         #[arg(long, default_value_t = 10.0)]
         idle_secs: f64,
+        /// After the idle window, each terminal sends one `sendlog` whose record carries a photo of this many
+        /// bytes; the server's RSS per connection is read again once they are answered (0: skip).
+        #[arg(long, default_value_t = 0)]
+        photo_bytes: usize,
     },
     /// C REST callers send `opendoor` to random devices for S seconds: commands/s, latency, CPU per command.
     Commands {
@@ -131,6 +135,13 @@ enum Scenario {
         /// Records per batch.
         #[arg(long, default_value_t = 50)]
         batch: usize,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
+    /// D charge points send MeterValues (and StatusNotification) as fast as answered: messages persisted/s.
+    Ocpp {
+        #[arg(long, default_value_t = 50)]
+        points: usize,
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
     },
@@ -152,6 +163,7 @@ impl Scenario {
             Scenario::Conns { .. } => "conns",
             Scenario::Commands { .. } => "commands",
             Scenario::Ingest { .. } => "ingest",
+            Scenario::Ocpp { .. } => "ocpp",
             Scenario::Storm { .. } => "storm",
             Scenario::Smoke => "smoke",
         }
@@ -163,6 +175,7 @@ impl Scenario {
             Scenario::Conns { .. } => vec![Scenario::Conns {
                 devices: 300,
                 idle_secs: 2.0,
+                photo_bytes: 150_000,
             }],
             Scenario::Commands { .. } => vec![Scenario::Commands {
                 devices: 50,
@@ -174,6 +187,10 @@ impl Scenario {
                 batch: 20,
                 secs: 2.0,
             }],
+            Scenario::Ocpp { .. } => vec![Scenario::Ocpp {
+                points: 20,
+                secs: 2.0,
+            }],
             Scenario::Storm { .. } => vec![Scenario::Storm {
                 devices: 300,
                 callers: 8,
@@ -182,6 +199,7 @@ impl Scenario {
                 Scenario::Conns {
                     devices: 0,
                     idle_secs: 0.0,
+                    photo_bytes: 0,
                 },
                 Scenario::Commands {
                     devices: 0,
@@ -191,6 +209,10 @@ impl Scenario {
                 Scenario::Ingest {
                     devices: 0,
                     batch: 0,
+                    secs: 0.0,
+                },
+                Scenario::Ocpp {
+                    points: 0,
                     secs: 0.0,
                 },
                 Scenario::Storm {
@@ -273,9 +295,11 @@ async fn run_one(common: &Common, scenario: &Scenario) -> Result<Report, String>
     let server = Server::start_or_attach(common).await?;
     let ctx = Ctx::new(&server, common);
     let result = match scenario {
-        Scenario::Conns { devices, idle_secs } => {
-            scenarios::conns::run(&ctx, *devices, *idle_secs).await
-        }
+        Scenario::Conns {
+            devices,
+            idle_secs,
+            photo_bytes,
+        } => scenarios::conns::run(&ctx, *devices, *idle_secs, *photo_bytes).await,
         Scenario::Commands {
             devices,
             callers,
@@ -286,6 +310,7 @@ async fn run_one(common: &Common, scenario: &Scenario) -> Result<Report, String>
             batch,
             secs,
         } => scenarios::ingest::run(&ctx, *devices, *batch, *secs).await,
+        Scenario::Ocpp { points, secs } => scenarios::ocpp::run(&ctx, *points, *secs).await,
         Scenario::Storm { devices, callers } => {
             scenarios::storm::run(&ctx, *devices, *callers).await
         }

@@ -4,14 +4,19 @@
 use std::time::Duration;
 
 use super::{per_sec, percent, secs, CpuWindow, Ctx};
-use crate::fleet::{connect_all, run_prefix, serial_numbers};
+use crate::fleet::{connect_all, run_prefix, serial_numbers, Fleet};
 use crate::procfs;
 use crate::report::Report;
 
 /// Lets the server's allocator settle before RSS is read.
 const SETTLE: Duration = Duration::from_millis(1000);
 
-pub async fn run(ctx: &Ctx<'_>, devices: usize, idle_secs: f64) -> Result<Report, String> {
+pub async fn run(
+    ctx: &Ctx<'_>,
+    devices: usize,
+    idle_secs: f64,
+    photo_bytes: usize,
+) -> Result<Report, String> {
     let server = ctx.server;
     let mut report = Report::new("conns", format!("conns: {devices} idle terminals"));
     ctx.describe(&mut report, devices);
@@ -113,7 +118,63 @@ pub async fn run(ctx: &Ctx<'_>, devices: usize, idle_secs: f64) -> Result<Report
         "% of a core",
     );
     report.figure("bench_rss_kib", "bench RSS at N", bench_rss, "KiB");
+    if photo_bytes > 0 {
+        send_photos(ctx, &fleet, photo_bytes, &mut report).await;
+        tokio::time::sleep(SETTLE).await;
+        let rss_photo = server.rss_kib();
+        report.figure(
+            "photo_bytes",
+            "then one sendlog photo per terminal",
+            photo_bytes as u64,
+            "B",
+        );
+        report.figure(
+            "rss_kib_after_photo",
+            "server RSS after the photos",
+            rss_photo,
+            "KiB",
+        );
+        let per_conn = match (rss_0, rss_photo) {
+            (Some(a), Some(b)) if registered > 0 => Some((b as f64 - a as f64) / registered as f64),
+            _ => None,
+        };
+        report.maybe(
+            "rss_kib_per_conn_after_photo",
+            "server RSS per connection after the photos",
+            per_conn,
+            "KiB",
+        );
+    }
     ctx.finish(&mut report);
     fleet.close_all().await;
     Ok(report)
+}
+
+/// Every live terminal sends one `sendlog` with a photo of `bytes` bytes (base64 text), a few at a time; an
+/// answer other than `result:true` counts as an error.
+async fn send_photos(ctx: &Ctx<'_>, fleet: &Fleet, bytes: usize, report: &mut Report) {
+    use futures_util::StreamExt;
+    let photo = format!("data:image/jpeg;base64,{}", "A".repeat(bytes));
+    let photo = photo.as_str();
+    let results: Vec<Result<serde_json::Value, String>> = futures_util::stream::iter(fleet.live())
+        .map(|terminal| async move {
+            let record = serde_json::json!({"enrollid": 1, "time": "2026-11-22 08:00:00",
+                    "mode": 1, "inout": 0, "event": 0, "image": photo});
+            terminal
+                .send_logs(vec![record])
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .buffer_unordered(ctx.common.concurrency.clamp(1, 64))
+        .collect()
+        .await;
+    for result in results {
+        match result {
+            Ok(answer) if answer["result"] == true => {}
+            Ok(answer) => report
+                .errors
+                .add_with("photo_refused", format!("sendlog with a photo: {answer}")),
+            Err(e) => report.errors.add_with("photo_failed", e),
+        }
+    }
 }

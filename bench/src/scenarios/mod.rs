@@ -17,6 +17,7 @@ use crate::Common;
 pub mod commands;
 pub mod conns;
 pub mod ingest;
+pub mod ocpp;
 pub mod storm;
 
 /// How long the server may take to list every registered terminal in `GET /api/connected`.
