@@ -1,26 +1,26 @@
-//! Group commit for the command audit trail. Every command writes its row up to three times (requested, sent,
+//! The command audit trail's writes. Every command writes its row up to three times (requested, sent,
 //! finished); one transaction each made the database, not the devices, the limit on commands per second (and on
-//! SQLite every commit is an fsync). One writer task takes whatever audit writes are waiting, applies them in
-//! one transaction, and only then answers each caller: a caller still waits for its own write to be committed
-//! (so reads after a command's answer see its row), but concurrent commands share the commit.
+//! SQLite every commit is an fsync). They go through a group-commit writer ([`super::group`]): a caller still
+//! waits for its own write to be committed (so reads after a command's answer see its row), but concurrent
+//! commands share the commit.
 
 use chrono::{DateTime, Utc};
 use entity::command;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter,
 };
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{CommandState, NewCommand, StoreError};
+use super::group::{GroupOp, GroupWriter};
+use super::{CommandState, NewCommand};
 
 /// Writes applied in one transaction at most; more wait for the next one.
-const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 /// Writes that may wait for the writer; callers beyond it wait for room (back-pressure, not growth).
-const QUEUE: usize = 4096;
+pub(crate) const QUEUE: usize = 4096;
 
 #[derive(Debug)]
 pub(crate) enum AuditOp {
@@ -38,79 +38,18 @@ pub(crate) enum AuditOp {
     },
 }
 
-struct Job {
-    op: AuditOp,
-    done: oneshot::Sender<Result<(), DbErr>>,
-}
+/// Handle to the node's audit writer (group commit, see [`super::group`]).
+pub(crate) type AuditWriter = GroupWriter<AuditOp>;
 
-/// Handle to the node's audit writer; cheap to clone.
-#[derive(Clone, Debug)]
-pub(crate) struct AuditWriter {
-    tx: mpsc::Sender<Job>,
-}
+impl GroupOp for AuditOp {
+    type Out = ();
 
-impl AuditWriter {
-    /// Starts the writer task on the current runtime.
-    pub(crate) fn start(db: DatabaseConnection) -> AuditWriter {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, rx));
-        AuditWriter { tx }
+    fn apply<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+    ) -> impl std::future::Future<Output = Result<(), DbErr>> + Send + 'a {
+        apply_one(txn, self)
     }
-
-    /// Applies `op`, returning once it is committed.
-    pub(crate) async fn write(&self, op: AuditOp) -> Result<(), StoreError> {
-        let (done, answer) = oneshot::channel();
-        let gone = || StoreError::Db(DbErr::Custom("the audit writer stopped".into()));
-        self.tx.send(Job { op, done }).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?.map_err(StoreError::Db)
-    }
-}
-
-async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        metrics::histogram!("gatehouse_audit_batch_size").record(batch.len() as f64);
-        let started = std::time::Instant::now();
-        match apply(&db, batch.iter().map(|j| &j.op)).await {
-            Ok(()) => {
-                for job in batch.drain(..) {
-                    let _ = job.done.send(Ok(()));
-                }
-            }
-            // One bad write must not fail its neighbours: retry each alone, so only it gets the error.
-            Err(_) if batch.len() > 1 => {
-                for job in batch.drain(..) {
-                    let result = apply(&db, std::iter::once(&job.op)).await;
-                    let _ = job.done.send(result);
-                }
-            }
-            Err(err) => {
-                for job in batch.drain(..) {
-                    let _ = job.done.send(Err(DbErr::Custom(err.to_string())));
-                }
-            }
-        }
-        metrics::histogram!("gatehouse_db_write_duration_seconds", "op" => "command_audit")
-            .record(started.elapsed().as_secs_f64());
-    }
-}
-
-async fn apply<'a>(
-    db: &DatabaseConnection,
-    ops: impl Iterator<Item = &'a AuditOp>,
-) -> Result<(), DbErr> {
-    let txn = db.begin().await?;
-    for op in ops {
-        apply_one(&txn, op).await?;
-    }
-    txn.commit().await
 }
 
 async fn apply_one<C: ConnectionTrait>(db: &C, op: &AuditOp) -> Result<(), DbErr> {

@@ -21,6 +21,7 @@ use crate::devices::tm20::protocol::LogRecord;
 pub mod accounts;
 mod audit;
 pub mod billing;
+mod group;
 pub mod ocpp;
 pub mod panels;
 pub mod queue;
@@ -37,10 +38,51 @@ pub struct Store {
     db: DatabaseConnection,
     /// Group commit of the command audit trail (see [`audit`]).
     audit: audit::AuditWriter,
+    /// Group commit of attendance batches (see [`LogBatch`]).
+    logs: group::GroupWriter<LogBatch>,
 }
 
 /// Rows per INSERT statement: keeps far below SQLite's bound-parameter limit (11 columns per log row).
 const INSERT_CHUNK: usize = 500;
+/// Attendance rows one group-commit transaction carries at most (a bigger batch goes alone).
+const LOG_GROUP_ROWS: usize = 5_000;
+/// Attendance batches that may wait for the writer (each is one terminal waiting for its ack).
+const LOG_GROUP_QUEUE: usize = 1_024;
+
+/// One terminal's `sendlog` batch, as rows; applied in a shared transaction by the attendance writer.
+#[derive(Debug)]
+pub(crate) struct LogBatch {
+    rows: Vec<attendance_log::ActiveModel>,
+}
+
+impl group::GroupOp for LogBatch {
+    type Out = u64;
+
+    fn weight(&self) -> usize {
+        self.rows.len()
+    }
+
+    async fn apply<'a>(&'a self, txn: &'a sea_orm::DatabaseTransaction) -> Result<u64, DbErr> {
+        let mut inserted = 0;
+        for chunk in self.rows.chunks(INSERT_CHUNK) {
+            let result = attendance_log::Entity::insert_many(chunk.iter().cloned())
+                .on_conflict_do_nothing_on([
+                    attendance_log::Column::TerminalId,
+                    attendance_log::Column::Enrollid,
+                    attendance_log::Column::Time,
+                    attendance_log::Column::Mode,
+                    attendance_log::Column::Inout,
+                    attendance_log::Column::Event,
+                ])
+                .exec_without_returning(txn)
+                .await?;
+            if let sea_orm::TryInsertResult::Inserted(n) = result {
+                inserted += n;
+            }
+        }
+        Ok(inserted)
+    }
+}
 
 impl Store {
     /// Connects to `url` (SQLite file or PostgreSQL).
@@ -64,8 +106,15 @@ impl Store {
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
             });
         let db = Database::connect(options).await?;
-        let audit = audit::AuditWriter::start(db.clone());
-        Ok(Store { db, audit })
+        let audit =
+            audit::AuditWriter::start(db.clone(), "command_audit", audit::MAX_BATCH, audit::QUEUE);
+        let logs = group::GroupWriter::start(
+            db.clone(),
+            "attendance_logs",
+            LOG_GROUP_ROWS,
+            LOG_GROUP_QUEUE,
+        );
+        Ok(Store { db, audit, logs })
     }
 
     /// Applies pending migrations.
@@ -272,8 +321,9 @@ impl Store {
 
     // ---- attendance logs --------------------------------------------------------------------------------
 
-    /// Inserts a batch of punches in one transaction, skipping the ones already stored (same natural key).
-    /// Returns how many rows were new.
+    /// Inserts a batch of punches, skipping the ones already stored (same natural key), and returns once it is
+    /// committed. Batches of several terminals arriving together share one transaction (group commit); a
+    /// batch is all or nothing. Returns how many rows were new.
     ///
     /// # Errors
     /// On a database failure; then nothing of the batch is committed.
@@ -286,10 +336,9 @@ impl Store {
             return Ok(0);
         }
         let received_at = Utc::now();
-        let txn = self.db.begin().await?;
-        let mut inserted = 0;
-        for chunk in records.chunks(INSERT_CHUNK) {
-            let rows = chunk.iter().map(|r| attendance_log::ActiveModel {
+        let rows = records
+            .iter()
+            .map(|r| attendance_log::ActiveModel {
                 terminal_id: Set(terminal_id),
                 enrollid: Set(r.enrollid),
                 time: Set(r.time),
@@ -301,24 +350,9 @@ impl Store {
                 raw: Set(r.raw.clone()),
                 received_at: Set(received_at),
                 ..Default::default()
-            });
-            let result = attendance_log::Entity::insert_many(rows)
-                .on_conflict_do_nothing_on([
-                    attendance_log::Column::TerminalId,
-                    attendance_log::Column::Enrollid,
-                    attendance_log::Column::Time,
-                    attendance_log::Column::Mode,
-                    attendance_log::Column::Inout,
-                    attendance_log::Column::Event,
-                ])
-                .exec_without_returning(&txn)
-                .await?;
-            if let sea_orm::TryInsertResult::Inserted(n) = result {
-                inserted += n;
-            }
-        }
-        txn.commit().await?;
-        Ok(inserted)
+            })
+            .collect();
+        self.logs.write(LogBatch { rows }).await
     }
 
     /// Newest first (by device time, then id), keyset-paginated.

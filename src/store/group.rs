@@ -1,0 +1,159 @@
+//! Group commit: one writer task per kind of write takes whatever writes are waiting, applies them in one
+//! transaction, and only then answers each caller. A caller still waits for its own write to be committed
+//! (so nothing is acknowledged before it is on disk), but concurrent callers share the commit, and so its
+//! fsync on SQLite (`synchronous=FULL`) or its round trip and WAL flush on PostgreSQL.
+//!
+//! Used for the command audit trail ([`super::audit`]) and for attendance batches ([`super::LogBatch`]).
+
+use std::future::Future;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+/// One write that can share a transaction with others.
+pub(crate) trait GroupOp: Send + Sync + 'static {
+    type Out: Send + 'static;
+
+    /// How much of a transaction's budget this write uses (rows, say).
+    fn weight(&self) -> usize {
+        1
+    }
+
+    fn apply<'a>(
+        &'a self,
+        txn: &'a DatabaseTransaction,
+    ) -> impl Future<Output = Result<Self::Out, DbErr>> + Send + 'a;
+}
+
+struct Job<Op: GroupOp> {
+    op: Op,
+    done: oneshot::Sender<Result<Op::Out, DbErr>>,
+}
+
+/// Handle to one writer task; cheap to clone.
+pub(crate) struct GroupWriter<Op: GroupOp> {
+    tx: mpsc::Sender<Job<Op>>,
+    name: &'static str,
+}
+
+impl<Op: GroupOp> Clone for GroupWriter<Op> {
+    fn clone(&self) -> Self {
+        GroupWriter {
+            tx: self.tx.clone(),
+            name: self.name,
+        }
+    }
+}
+
+impl<Op: GroupOp> std::fmt::Debug for GroupWriter<Op> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupWriter")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Op: GroupOp> GroupWriter<Op> {
+    /// Starts the writer task on the current runtime. `name` labels its metrics; a transaction carries writes
+    /// of at most `max_weight` in all (one heavier write goes alone); at most `queue` writes wait, callers
+    /// beyond that wait for room (back-pressure, not growth).
+    pub(crate) fn start(
+        db: DatabaseConnection,
+        name: &'static str,
+        max_weight: usize,
+        queue: usize,
+    ) -> GroupWriter<Op> {
+        let (tx, rx) = mpsc::channel(queue);
+        tokio::spawn(run(db, rx, name, max_weight));
+        GroupWriter { tx, name }
+    }
+
+    /// Applies `op`, returning its outcome once it is committed.
+    pub(crate) async fn write(&self, op: Op) -> Result<Op::Out, StoreError> {
+        let (done, answer) = oneshot::channel();
+        let gone = || StoreError::Db(DbErr::Custom(format!("the {} writer stopped", self.name)));
+        self.tx.send(Job { op, done }).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?.map_err(StoreError::Db)
+    }
+}
+
+async fn run<Op: GroupOp>(
+    db: DatabaseConnection,
+    mut rx: mpsc::Receiver<Job<Op>>,
+    name: &'static str,
+    max_weight: usize,
+) {
+    let mut batch: Vec<Job<Op>> = Vec::new();
+    // A write that did not fit the last transaction opens the next one.
+    let mut carried: Option<Job<Op>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut weight = first.op.weight();
+        batch.push(first);
+        while weight < max_weight {
+            match rx.try_recv() {
+                Ok(job) if weight + job.op.weight() > max_weight => {
+                    carried = Some(job);
+                    break;
+                }
+                Ok(job) => {
+                    weight += job.op.weight();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("gatehouse_group_commit_writes", "writer" => name)
+            .record(batch.len() as f64);
+        let started = std::time::Instant::now();
+        match apply(&db, batch.iter().map(|j| &j.op)).await {
+            Ok(outs) => {
+                for (job, out) in batch.drain(..).zip(outs) {
+                    let _ = job.done.send(Ok(out));
+                }
+            }
+            // One bad write must not fail its neighbours: retry each alone, so only it gets the error.
+            Err(_) if batch.len() > 1 => {
+                for job in batch.drain(..) {
+                    let result = apply(&db, std::iter::once(&job.op))
+                        .await
+                        .map(|mut outs| outs.pop());
+                    let result = match result {
+                        Ok(Some(out)) => Ok(out),
+                        Ok(None) => Err(DbErr::Custom("no outcome".into())),
+                        Err(err) => Err(err),
+                    };
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(err) => {
+                for job in batch.drain(..) {
+                    let _ = job.done.send(Err(DbErr::Custom(err.to_string())));
+                }
+            }
+        }
+        metrics::histogram!("gatehouse_db_write_duration_seconds", "op" => name)
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+async fn apply<'a, Op: GroupOp>(
+    db: &DatabaseConnection,
+    ops: impl Iterator<Item = &'a Op>,
+) -> Result<Vec<Op::Out>, DbErr> {
+    let txn = db.begin().await?;
+    let mut outs = Vec::new();
+    for op in ops {
+        outs.push(op.apply(&txn).await?);
+    }
+    txn.commit().await?;
+    Ok(outs)
+}
