@@ -62,6 +62,7 @@ pub struct Stopper {
     registry: Addr<Registry>,
     cluster: Option<Cluster>,
     grace: std::time::Duration,
+    store: Store,
 }
 
 impl Stopper {
@@ -82,6 +83,7 @@ impl Stopper {
             sxdm.stop(true).await;
         }
         self.server.stop(true).await;
+        self.store.close(std::time::Duration::from_secs(5)).await;
         tracing::info!("graceful shutdown complete");
     }
 }
@@ -144,6 +146,7 @@ impl Application {
             billing,
         });
         spawn_message_log_pruning(state.store.clone(), settings.ocpp_message_retention_days);
+        let store_to_close = state.store.clone();
         if let Some(cluster) = &cluster {
             cluster.attach_events(events.clone());
             cluster.start(registry.clone(), api::commands::executor(state.clone()));
@@ -276,6 +279,7 @@ impl Application {
             registry,
             cluster,
             grace,
+            store: store_to_close,
         };
         Ok(Application {
             port,

@@ -40,6 +40,8 @@ pub struct Store {
     audit: audit::AuditWriter,
     /// Group commit of attendance batches (see [`LogBatch`]).
     logs: group::GroupWriter<LogBatch>,
+    /// Group commit of terminal registrations (see [`Registration`]).
+    registrations: group::GroupWriter<Registration>,
 }
 
 /// Rows per INSERT statement: keeps far below SQLite's bound-parameter limit (11 columns per log row).
@@ -48,6 +50,67 @@ const INSERT_CHUNK: usize = 500;
 const LOG_GROUP_ROWS: usize = 5_000;
 /// Attendance batches that may wait for the writer (each is one terminal waiting for its ack).
 const LOG_GROUP_QUEUE: usize = 1_024;
+
+/// A terminal's `reg`: its row is created, or its model, firmware and devinfo refreshed (what is absent is
+/// kept), and `last_seen` set.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    sn: String,
+    model: Option<String>,
+    firmware: Option<String>,
+    devinfo: Option<Value>,
+    at: DateTime<Utc>,
+}
+
+impl group::GroupOp for Registration {
+    type Out = terminal::Model;
+
+    async fn apply<'a>(
+        &'a self,
+        txn: &'a sea_orm::DatabaseTransaction,
+    ) -> Result<terminal::Model, DbErr> {
+        // A write first: on SQLite a transaction that reads first and writes later fails at once with
+        // SQLITE_BUSY (its snapshot is stale) when another writer committed in between, instead of waiting.
+        let mut refresh = terminal::Entity::update_many()
+            .col_expr(terminal::Column::LastSeen, Expr::value(Some(self.at)))
+            .col_expr(terminal::Column::UpdatedAt, Expr::value(self.at));
+        if let Some(model) = &self.model {
+            refresh = refresh.col_expr(terminal::Column::Model, Expr::value(model.clone()));
+        }
+        if let Some(firmware) = &self.firmware {
+            refresh = refresh.col_expr(terminal::Column::Firmware, Expr::value(firmware.clone()));
+        }
+        if let Some(devinfo) = &self.devinfo {
+            refresh = refresh.col_expr(terminal::Column::Devinfo, Expr::value(devinfo.clone()));
+        }
+        let refreshed = refresh
+            .filter(terminal::Column::Sn.eq(&self.sn))
+            .exec(txn)
+            .await?;
+        if refreshed.rows_affected == 0 {
+            return terminal::ActiveModel {
+                sn: Set(self.sn.clone()),
+                name: Set(None),
+                model: Set(self.model.clone()),
+                firmware: Set(self.firmware.clone()),
+                devinfo: Set(self.devinfo.clone()),
+                is_active: Set(true),
+                is_whitelisted: Set(false),
+                last_seen: Set(Some(self.at)),
+                created_at: Set(self.at),
+                updated_at: Set(self.at),
+                ..Default::default()
+            }
+            .insert(txn)
+            .await;
+        }
+        terminal::Entity::find()
+            .filter(terminal::Column::Sn.eq(&self.sn))
+            .one(txn)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("terminal {}", self.sn)))
+    }
+}
 
 /// One terminal's `sendlog` batch, as rows; applied in a shared transaction by the attendance writer.
 #[derive(Debug)]
@@ -114,7 +177,14 @@ impl Store {
             LOG_GROUP_ROWS,
             LOG_GROUP_QUEUE,
         );
-        Ok(Store { db, audit, logs })
+        let registrations =
+            group::GroupWriter::start(db.clone(), "registrations", 512, LOG_GROUP_QUEUE);
+        Ok(Store {
+            db,
+            audit,
+            logs,
+            registrations,
+        })
     }
 
     /// Applies pending migrations.
@@ -170,40 +240,16 @@ impl Store {
         firmware: Option<String>,
         devinfo: Option<Value>,
     ) -> Result<terminal::Model, StoreError> {
-        let now = Utc::now();
-        match self.terminal_by_sn(sn).await? {
-            Some(existing) => {
-                let mut active: terminal::ActiveModel = existing.clone().into();
-                if model.is_some() {
-                    active.model = Set(model);
-                }
-                if firmware.is_some() {
-                    active.firmware = Set(firmware);
-                }
-                if devinfo.is_some() {
-                    active.devinfo = Set(devinfo);
-                }
-                active.last_seen = Set(Some(now));
-                active.updated_at = Set(now);
-                Ok(active.update(&self.db).await?)
-            }
-            None => {
-                let row = terminal::ActiveModel {
-                    sn: Set(sn.to_owned()),
-                    name: Set(None),
-                    model: Set(model),
-                    firmware: Set(firmware),
-                    devinfo: Set(devinfo),
-                    is_active: Set(true),
-                    is_whitelisted: Set(false),
-                    last_seen: Set(Some(now)),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    ..Default::default()
-                };
-                Ok(row.insert(&self.db).await?)
-            }
-        }
+        // Through the registration writer: a reconnect storm of thousands of terminals shares commits.
+        self.registrations
+            .write(Registration {
+                sn: sn.to_owned(),
+                model,
+                firmware,
+                devinfo,
+                at: Utc::now(),
+            })
+            .await
     }
 
     /// # Errors
@@ -316,6 +362,17 @@ impl Store {
                 };
                 Ok((row.insert(&self.db).await?, true))
             }
+        }
+    }
+
+    /// Waits (at most `limit`) for the writes in flight, then closes the pool, so no connection is left to be
+    /// dropped after the runtime is gone (a graceful shutdown's last step).
+    pub async fn close(&self, limit: Duration) {
+        if tokio::time::timeout(limit, self.db.close_by_ref())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database writes still in flight at shutdown");
         }
     }
 
