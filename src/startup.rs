@@ -79,11 +79,14 @@ impl Stopper {
         // Sessions just closed; let the writes they started (last_seen, command outcomes) finish before the
         // workers' runtimes go away, so no database connection is dropped outside a runtime.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Then close the pool: it waits for the connections still in use, and later writes fail at once
+        // instead of taking one. Stopping the workers drops their tasks; a task holding a pooled connection
+        // at that moment would return it outside any runtime (a panic in sqlx).
+        self.store.close(std::time::Duration::from_secs(5)).await;
         if let Some(sxdm) = &self.sxdm_server {
             sxdm.stop(true).await;
         }
         self.server.stop(true).await;
-        self.store.close(std::time::Duration::from_secs(5)).await;
         tracing::info!("graceful shutdown complete");
     }
 }
