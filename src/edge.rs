@@ -119,6 +119,8 @@ where
             HttpService::build()
                 .client_request_timeout(timeout)
                 .local_addr(addr)
+                // Small frames and answers are latency-bound: do not let Nagle hold them for an ACK.
+                .tcp_nodelay(true)
                 .upgrade(upgrade)
                 .finish(app)
                 .tcp()
@@ -128,6 +130,7 @@ where
             HttpService::build()
                 .client_request_timeout(timeout)
                 .local_addr(addr)
+                .tcp_nodelay(true)
                 .finish(app_factory(&factory, addr))
                 .tcp()
         })?
