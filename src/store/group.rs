@@ -3,11 +3,13 @@
 //! (so nothing is acknowledged before it is on disk), but concurrent callers share the commit, and so its
 //! fsync on SQLite (`synchronous=FULL`) or its round trip and WAL flush on PostgreSQL.
 //!
-//! Used for the command audit trail ([`super::audit`]) and for attendance batches ([`super::LogBatch`]).
+//! Used for the command audit trail ([`super::audit`]), attendance batches ([`super::LogBatch`]) and terminal
+//! registrations ([`super::Registration`]), on SQLite. On PostgreSQL each write is its own transaction (see
+//! [`GroupWriter`]).
 
 use std::future::Future;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
@@ -36,6 +38,10 @@ struct Job<Op: GroupOp> {
 pub(crate) struct GroupWriter<Op: GroupOp> {
     tx: mpsc::Sender<Job<Op>>,
     name: &'static str,
+    /// Set on PostgreSQL: each write runs in its own transaction on its own pooled connection. PostgreSQL
+    /// takes concurrent writers and already shares WAL flushes between concurrent commits; funnelling them
+    /// through one connection would serialize their round trips instead (measured: 29.6k → 16.5k records/s).
+    direct: Option<DatabaseConnection>,
 }
 
 impl<Op: GroupOp> Clone for GroupWriter<Op> {
@@ -43,6 +49,7 @@ impl<Op: GroupOp> Clone for GroupWriter<Op> {
         GroupWriter {
             tx: self.tx.clone(),
             name: self.name,
+            direct: self.direct.clone(),
         }
     }
 }
@@ -66,12 +73,21 @@ impl<Op: GroupOp> GroupWriter<Op> {
         queue: usize,
     ) -> GroupWriter<Op> {
         let (tx, rx) = mpsc::channel(queue);
-        tokio::spawn(run(db, rx, name, max_weight));
-        GroupWriter { tx, name }
+        let direct = (db.get_database_backend() != DbBackend::Sqlite).then(|| db.clone());
+        if direct.is_none() {
+            tokio::spawn(run(db, rx, name, max_weight));
+        }
+        GroupWriter { tx, name, direct }
     }
 
     /// Applies `op`, returning its outcome once it is committed.
     pub(crate) async fn write(&self, op: Op) -> Result<Op::Out, StoreError> {
+        if let Some(db) = &self.direct {
+            let mut outs = apply(db, std::iter::once(&op)).await?;
+            return outs
+                .pop()
+                .ok_or_else(|| StoreError::Db(DbErr::Custom("no outcome".into())));
+        }
         let (done, answer) = oneshot::channel();
         let gone = || StoreError::Db(DbErr::Custom(format!("the {} writer stopped", self.name)));
         self.tx.send(Job { op, done }).await.map_err(|_| gone())?;
