@@ -36,6 +36,43 @@ use crate::devices::transport::OutFrame;
 use crate::devices::wire::{self, FrameReader};
 use crate::limits::SocketPermit;
 
+/// Connections the kernel may queue before they are accepted. `std::net::TcpListener::bind` asks for 128: in a
+/// reconnect storm of thousands of devices the rest of the SYNs were dropped and retried after 1 s, then 3 s
+/// (the kernel caps this at `net.core.somaxconn`, 4096 on current kernels).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds `addr` (`host:port`) for a listener, with a backlog fit for reconnect storms.
+///
+/// # Errors
+/// When the address does not resolve or cannot be bound.
+pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last_err = None;
+    for candidate in addr.to_socket_addrs()? {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(candidate),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        // As actix-web's own bind does: a restarted node can take its port back while old connections of
+        // the previous process linger in TIME_WAIT (it does not let two listeners share a port).
+        socket.set_reuse_address(true)?;
+        match socket
+            .bind(&candidate.into())
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(()) => return Ok(socket.into()),
+            Err(err) => last_err = Some(err),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
+}
+
 /// Put in the extensions of an upgrade request; an accepting WebSocket handler leaves its [`Plumbing`] here.
 #[derive(Clone, Default)]
 pub struct UpgradeSlot(Rc<RefCell<Option<Plumbing>>>);

@@ -1,6 +1,5 @@
 //! Building and running one node: database (migrated), registry actor, HTTP + WebSocket listener.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix::Actor;
@@ -111,7 +110,7 @@ impl Application {
             addr: bind_addr.clone(),
             source,
         };
-        let listener = TcpListener::bind(&settings.bind).map_err(bind_err)?;
+        let listener = edge::bind(&settings.bind).map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
         let port = local_addr.port();
         let cluster = match settings
@@ -157,13 +156,11 @@ impl Application {
         }
         let sxdm_listener = match settings.sxdm_bind.trim() {
             "" | "off" | "OFF" | "Off" => None,
-            addr => Some(
-                TcpListener::bind(addr).map_err(|source| StartupError::Bind {
-                    variable: "SXDM_BIND",
-                    addr: addr.to_owned(),
-                    source,
-                })?,
-            ),
+            addr => Some(edge::bind(addr).map_err(|source| StartupError::Bind {
+                variable: "SXDM_BIND",
+                addr: addr.to_owned(),
+                source,
+            })?),
         };
         let sxdm_port = sxdm_listener
             .as_ref()
