@@ -42,6 +42,9 @@ pub struct Store {
     logs: group::GroupWriter<LogBatch>,
     /// Group commit of terminal registrations (see [`Registration`]).
     registrations: group::GroupWriter<Registration>,
+    /// Group commit of the OCPP message log and of meter values.
+    ocpp_log: group::GroupWriter<ocpp::MessageLogEntry>,
+    meters: group::GroupWriter<ocpp::MeterBatch>,
 }
 
 /// Rows per INSERT statement: keeps far below SQLite's bound-parameter limit (11 columns per log row).
@@ -179,11 +182,16 @@ impl Store {
         );
         let registrations =
             group::GroupWriter::start(db.clone(), "registrations", 512, LOG_GROUP_QUEUE);
+        let ocpp_log = group::GroupWriter::start(db.clone(), "ocpp_messages", 512, LOG_GROUP_QUEUE);
+        let meters =
+            group::GroupWriter::start(db.clone(), "meter_values", LOG_GROUP_ROWS, LOG_GROUP_QUEUE);
         Ok(Store {
             db,
             audit,
             logs,
             registrations,
+            ocpp_log,
+            meters,
         })
     }
 

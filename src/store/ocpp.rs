@@ -587,11 +587,14 @@ impl Store {
         transaction_id: Option<i32>,
         samples: &[MeterSample],
     ) -> Result<u64, StoreError> {
-        let txn = self.db.begin().await?;
-        let inserted =
-            insert_samples(&txn, charger_id, connector_id, transaction_id, samples).await?;
-        txn.commit().await?;
-        Ok(inserted)
+        self.meters
+            .write(MeterBatch {
+                charger_id,
+                connector_id,
+                transaction_id,
+                samples: samples.to_vec(),
+            })
+            .await
     }
 
     /// # Errors
@@ -665,10 +668,9 @@ impl Store {
             request_id: Set(request_id),
             at: Set(Utc::now()),
             ..Default::default()
-        }
-        .insert(&self.db)
-        .await?;
-        Ok(row.id)
+        };
+        // Group commit on SQLite: every CALL and answer is logged, so these are the most frequent writes.
+        self.ocpp_log.write(MessageLogEntry(row)).await
     }
 
     /// Newest first, keyset-paginated by id.
@@ -807,4 +809,50 @@ async fn insert_samples<C: sea_orm::ConnectionTrait>(
         }
     }
     Ok(inserted)
+}
+
+/// One row of the OCPP message log, written through the group-commit writer (see `super::group`).
+#[derive(Debug)]
+pub(crate) struct MessageLogEntry(pub(crate) ocpp_message::ActiveModel);
+
+impl super::group::GroupOp for MessageLogEntry {
+    type Out = i64;
+
+    async fn apply<'a>(
+        &'a self,
+        txn: &'a sea_orm::DatabaseTransaction,
+    ) -> Result<i64, sea_orm::DbErr> {
+        Ok(self.0.clone().insert(txn).await?.id)
+    }
+}
+
+/// One MeterValues message's samples, written through the group-commit writer (see `super::group`).
+#[derive(Debug)]
+pub(crate) struct MeterBatch {
+    charger_id: i32,
+    connector_id: i32,
+    transaction_id: Option<i32>,
+    samples: Vec<MeterSample>,
+}
+
+impl super::group::GroupOp for MeterBatch {
+    type Out = u64;
+
+    fn weight(&self) -> usize {
+        self.samples.len().max(1)
+    }
+
+    async fn apply<'a>(
+        &'a self,
+        txn: &'a sea_orm::DatabaseTransaction,
+    ) -> Result<u64, sea_orm::DbErr> {
+        insert_samples(
+            txn,
+            self.charger_id,
+            self.connector_id,
+            self.transaction_id,
+            &self.samples,
+        )
+        .await
+    }
 }
