@@ -403,7 +403,61 @@ def events():
         write("events_op", b)
 
 
+def ws_frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04", rsv=0, length=None):
+    """A client frame as a device sends it (masked unless mask is None)."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogatepass")
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    m = 0x80 if mask is not None else 0
+    if n < 126:
+        head += bytes([m | n])
+    elif n < 65536:
+        head += bytes([m | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([m | 127]) + n.to_bytes(8, "big")
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_frames():
+    """Frames of the lean WebSocket transport (RFC 6455): valid, fragmented, control, and broken ones."""
+    reg = '{"cmd":"reg","sn":"ZX1369063044","devinfo":{"modelname":"tm20"}}'
+    seeds = [
+        ws_frame(1, reg),
+        ws_frame(1, "h\u00e9llo \U0001F600"),
+        ws_frame(2, bytes(range(256))),
+        ws_frame(1, "x" * 300),
+        ws_frame(1, "y" * 5000),  # over the target's 4096-byte limit
+        ws_frame(1, "ab", fin=False) + ws_frame(9, "p") + ws_frame(0, "cd", fin=False) + ws_frame(0, "ef"),
+        ws_frame(2, b"\x00", fin=False) + ws_frame(0, b"\x01"),
+        ws_frame(9, "ping") + ws_frame(10, "") + ws_frame(1, reg),
+        ws_frame(8, b"\x03\xe8bye") + ws_frame(1, "after close"),
+        ws_frame(8, b""),
+        ws_frame(8, b"\x03"),  # a 1-byte close payload
+        ws_frame(8, b"\x03\xe8\xff"),  # reason not UTF-8
+        ws_frame(1, reg, mask=None),  # unmasked
+        ws_frame(1, b"\xff\xfe"),  # text not UTF-8
+        ws_frame(0, "orphan continuation"),
+        ws_frame(9, "p" * 126),  # control frame too long
+        ws_frame(9, "p", fin=False),  # fragmented control frame
+        ws_frame(1, "a", fin=False) + ws_frame(1, "b"),  # new message inside a fragmented one
+        ws_frame(1, "rsv", rsv=0x40),
+        ws_frame(3, "reserved opcode"),
+        ws_frame(11, "reserved control"),
+        ws_frame(1, "short", length=1 << 40),  # claims a huge length
+        ws_frame(1, reg)[:7],  # truncated
+        ws_frame(1, "a" * 3000, fin=False) + ws_frame(0, "b" * 3000),  # fragments over the limit together
+        b"",
+        b"\x81",
+    ]
+    for seed in seeds:
+        write("ws_frames", seed)
+
+
 def main():
+    ws_frames()
     tm20_frames()
     tm20_commands()
     ocpp()

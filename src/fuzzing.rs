@@ -739,4 +739,65 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ocpp_action", ocpp_action),
     ("sxdm_envelope", sxdm_envelope),
     ("events_op", events_op),
+    ("ws_frames", ws_frames),
 ];
+
+/// Largest message the `ws_frames` target lets the decoder take (small, so that the size limit is reached).
+const WS_MAX_MESSAGE: usize = 4096;
+
+/// `ws_frames`: the lean WebSocket transport's frame decoding (`devices::wire::decode`: headers, masking,
+/// control frames, fragments, UTF-8, the size limit), fed the raw bytes a device could send.
+/// Properties: at most one failure or close, and only as the last event; every control payload ≤ 125 bytes;
+/// every message ≤ the limit; each message, sent again as a single masked frame, decodes to the same event;
+/// and the same message split into two fragments with a ping between decodes to the ping and the same event.
+pub fn ws_frames(data: &[u8]) {
+    use crate::devices::transport::WsEvent;
+    use crate::devices::wire::{client_frame, decode};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+    let events = bounded("ws decode", data.len(), || decode(data, WS_MAX_MESSAGE));
+    for (i, event) in events.iter().enumerate() {
+        let last = i + 1 == events.len();
+        match event {
+            WsEvent::Error(_) | WsEvent::Close(_) => assert!(last, "{event:?} before the end"),
+            WsEvent::Ping(payload) => assert!(payload.len() <= 125),
+            WsEvent::Limited(_) => panic!("decode does not police rates"),
+            WsEvent::Text(_) | WsEvent::Binary(_) | WsEvent::Pong => {}
+        }
+        let (opcode, bytes): (OpCode, &[u8]) = match event {
+            WsEvent::Text(text) => (OpCode::Data(Data::Text), text.as_bytes()),
+            WsEvent::Binary(bytes) => (OpCode::Data(Data::Binary), bytes),
+            _ => continue,
+        };
+        assert!(
+            bytes.len() <= WS_MAX_MESSAGE,
+            "{}-byte message",
+            bytes.len()
+        );
+        let again = decode(
+            &client_frame(opcode, true, bytes, [9, 8, 7, 6]),
+            WS_MAX_MESSAGE,
+        );
+        assert_eq!(format!("{again:?}"), format!("[{event:?}]"), "single frame");
+        let cut = bytes.len() / 2;
+        let mut split = client_frame(opcode, false, &bytes[..cut], [1, 3, 5, 7]);
+        split.extend(client_frame(
+            OpCode::Control(Control::Ping),
+            true,
+            b"p",
+            [2, 4, 6, 8],
+        ));
+        split.extend(client_frame(
+            OpCode::Data(Data::Continue),
+            true,
+            &bytes[cut..],
+            [0, 1, 0, 1],
+        ));
+        let again = decode(&split, WS_MAX_MESSAGE);
+        assert_eq!(
+            format!("{again:?}"),
+            format!("[Ping([112]), {event:?}]"),
+            "two fragments around a ping"
+        );
+    }
+}

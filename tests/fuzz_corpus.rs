@@ -94,3 +94,8 @@ fn sxdm_envelope_corpus_holds_its_properties() {
 fn events_op_corpus_holds_its_properties() {
     assert!(replay("events_op") > 0);
 }
+
+#[test]
+fn ws_frames_corpus_holds_its_properties() {
+    assert!(replay("ws_frames") > 0);
+}

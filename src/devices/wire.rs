@@ -35,9 +35,7 @@ pub struct FrameReader {
     rd: OwnedReadHalf,
     /// Bytes read but not yet consumed: at most a frame header and the start of its payload.
     pending: Vec<u8>,
-    /// A fragmented message in progress: binary or text, and its bytes so far.
-    fragments: Option<(bool, Vec<u8>)>,
-    max_message_bytes: usize,
+    assembler: Assembler,
     /// The stream ended (EOF, error or close): every later call returns `None`.
     done: bool,
 }
@@ -53,8 +51,7 @@ impl FrameReader {
         FrameReader {
             rd,
             pending: leftover.to_vec(),
-            fragments: None,
-            max_message_bytes,
+            assembler: Assembler::new(max_message_bytes),
             done: false,
         }
     }
@@ -70,7 +67,7 @@ impl FrameReader {
                 }
                 Read::Failed(failure) => return Some(self.fail(failure)),
             };
-            match self.assemble(header, payload) {
+            match self.assembler.assemble(header, payload) {
                 Ok(Some(event)) => {
                     if matches!(event, WsEvent::Close(_)) {
                         self.done = true;
@@ -87,8 +84,81 @@ impl FrameReader {
     fn fail(&mut self, failure: WsFailure) -> WsEvent {
         self.done = true;
         self.pending = Vec::new();
-        self.fragments = None;
+        self.assembler.fragments = None;
         WsEvent::Error(failure)
+    }
+
+    /// Reads one whole frame, unmasked.
+    async fn read_frame(&mut self) -> Read {
+        loop {
+            match front_frame(&self.pending, self.assembler.max_message_bytes) {
+                Err(failure) => return Read::Failed(failure),
+                Ok(Front::Whole { header, start, end }) => {
+                    let mut payload = self.pending[start..end].to_vec();
+                    self.pending.drain(..end);
+                    if self.pending.is_empty() && self.pending.capacity() > READ_CHUNK {
+                        self.pending = Vec::new();
+                    }
+                    unmask(&mut payload, header.mask.unwrap_or_default());
+                    return Read::Frame(header, payload);
+                }
+                Ok(Front::Partial { header, start, len }) => {
+                    // Read the rest of a large payload into a buffer of its own size; the reader keeps nothing
+                    // while it streams in.
+                    let have = self.pending.len() - start;
+                    let mut payload = Vec::with_capacity(len);
+                    payload.extend_from_slice(&self.pending[start..]);
+                    self.pending = Vec::new();
+                    payload.resize(len, 0);
+                    if tokio::io::AsyncReadExt::read_exact(&mut self.rd, &mut payload[have..])
+                        .await
+                        .is_err()
+                    {
+                        return Read::Eof;
+                    }
+                    unmask(&mut payload, header.mask.unwrap_or_default());
+                    return Read::Frame(header, payload);
+                }
+                Ok(Front::Need) => {}
+            }
+            match self.read_more().await {
+                Ok(0) | Err(_) => return Read::Eof,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits for the socket, then reads what is there into a stack buffer and keeps it in `pending`.
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        loop {
+            self.rd.readable().await?;
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.rd.try_read(&mut chunk) {
+                Ok(n) => {
+                    self.pending.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// Message assembly from frames: fragments, control frames, UTF-8, the size limit. Independent of I/O, so
+/// [`decode`] (and the `ws_frames` fuzz target) run exactly the rules a socket gets.
+struct Assembler {
+    /// A fragmented message in progress: binary or text, and its bytes so far.
+    fragments: Option<(bool, Vec<u8>)>,
+    max_message_bytes: usize,
+}
+
+impl Assembler {
+    fn new(max_message_bytes: usize) -> Assembler {
+        Assembler {
+            fragments: None,
+            max_message_bytes,
+        }
     }
 
     /// Turns one frame into an event, or keeps it as part of a fragmented message.
@@ -142,80 +212,109 @@ impl FrameReader {
             OpCode::Data(Data::Reserved(_)) => Err(WsFailure::Protocol),
         }
     }
+}
 
-    /// Reads one whole frame, unmasked.
-    async fn read_frame(&mut self) -> Read {
-        loop {
-            let mut cursor = Cursor::new(self.pending.as_slice());
-            match FrameHeader::parse(&mut cursor) {
-                Err(_) => return Read::Failed(WsFailure::Protocol),
-                Ok(Some((header, len))) => {
-                    let start = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
-                    return self.read_payload(header, len, start).await;
+/// What the front of the read buffer holds.
+enum Front {
+    /// Not even a whole header yet.
+    Need,
+    /// A whole frame: its payload is `pending[start..end]` (still masked).
+    Whole {
+        header: FrameHeader,
+        start: usize,
+        end: usize,
+    },
+    /// A header whose payload of `len` bytes starts at `start` and is not all here yet.
+    Partial {
+        header: FrameHeader,
+        start: usize,
+        len: usize,
+    },
+}
+
+/// Parses the frame header at the front of `pending` and checks what a server must refuse before reading
+/// a payload: unmasked client frames, extension bits nobody negotiated (RFC 6455 5.1, 5.2), a length over
+/// the limit.
+fn front_frame(pending: &[u8], max_message_bytes: usize) -> Result<Front, WsFailure> {
+    let mut cursor = Cursor::new(pending);
+    let Some((header, len)) = FrameHeader::parse(&mut cursor).map_err(|_| WsFailure::Protocol)?
+    else {
+        return Ok(Front::Need);
+    };
+    if header.mask.is_none() || header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(WsFailure::Protocol);
+    }
+    let len = match usize::try_from(len) {
+        Ok(len) if len <= max_message_bytes => len,
+        _ => return Err(WsFailure::TooLarge),
+    };
+    let start = usize::try_from(cursor.position()).map_err(|_| WsFailure::Protocol)?;
+    if pending.len() - start >= len {
+        Ok(Front::Whole {
+            header,
+            start,
+            end: start + len,
+        })
+    } else {
+        Ok(Front::Partial { header, start, len })
+    }
+}
+
+/// The events a socket would yield for `bytes` received at once, up to the first failure or close (and
+/// without the end of stream: a trailing partial frame is simply left). For the fuzz target.
+#[doc(hidden)]
+pub fn decode(bytes: &[u8], max_message_bytes: usize) -> Vec<WsEvent> {
+    let mut assembler = Assembler::new(max_message_bytes);
+    let mut rest = bytes;
+    let mut events = Vec::new();
+    loop {
+        match front_frame(rest, max_message_bytes) {
+            Err(failure) => {
+                events.push(WsEvent::Error(failure));
+                return events;
+            }
+            Ok(Front::Need | Front::Partial { .. }) => return events,
+            Ok(Front::Whole { header, start, end }) => {
+                let mut payload = rest[start..end].to_vec();
+                rest = &rest[end..];
+                unmask(&mut payload, header.mask.unwrap_or_default());
+                match assembler.assemble(header, payload) {
+                    Ok(Some(event)) => {
+                        let closed = matches!(event, WsEvent::Close(_));
+                        events.push(event);
+                        if closed {
+                            return events;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(failure) => {
+                        events.push(WsEvent::Error(failure));
+                        return events;
+                    }
                 }
-                Ok(None) => {}
-            }
-            match self.read_more().await {
-                Ok(0) => return Read::Eof,
-                Ok(_) => {}
-                Err(_) => return Read::Eof,
             }
         }
     }
+}
 
-    /// With the header parsed (`start` bytes of `pending`), reads the payload into a buffer of its own size.
-    async fn read_payload(&mut self, header: FrameHeader, len: u64, start: usize) -> Read {
-        // A server must refuse unmasked client frames and extensions it did not negotiate (RFC 6455 5.1, 5.2).
-        let Some(mask) = header.mask else {
-            return Read::Failed(WsFailure::Protocol);
-        };
-        if header.rsv1 || header.rsv2 || header.rsv3 {
-            return Read::Failed(WsFailure::Protocol);
-        }
-        let len = match usize::try_from(len) {
-            Ok(len) if len <= self.max_message_bytes => len,
-            _ => return Read::Failed(WsFailure::TooLarge),
-        };
-        let have = self.pending.len() - start;
-        let mut payload;
-        if have >= len {
-            payload = self.pending[start..start + len].to_vec();
-            self.pending.drain(..start + len);
-        } else {
-            payload = Vec::with_capacity(len);
-            payload.extend_from_slice(&self.pending[start..]);
-            // The reader keeps nothing while the payload streams in.
-            self.pending = Vec::new();
-            payload.resize(len, 0);
-            if tokio::io::AsyncReadExt::read_exact(&mut self.rd, &mut payload[have..])
-                .await
-                .is_err()
-            {
-                return Read::Eof;
-            }
-        }
-        if self.pending.is_empty() && self.pending.capacity() > READ_CHUNK {
-            self.pending = Vec::new();
-        }
-        unmask(&mut payload, mask);
-        Read::Frame(header, payload)
-    }
-
-    /// Waits for the socket, then reads what is there into a stack buffer and keeps it in `pending`.
-    async fn read_more(&mut self) -> std::io::Result<usize> {
-        loop {
-            self.rd.readable().await?;
-            let mut chunk = [0u8; READ_CHUNK];
-            match self.rd.try_read(&mut chunk) {
-                Ok(n) => {
-                    self.pending.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Err(err),
-            }
-        }
-    }
+/// A masked client frame (what a device sends), for tests and the fuzz target's round trip.
+#[doc(hidden)]
+pub fn client_frame(opcode: OpCode, is_final: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let header = FrameHeader {
+        is_final,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask: Some(mask),
+    };
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, &mut out);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask);
+    out
 }
 
 fn text(bytes: Vec<u8>) -> Result<WsEvent, WsFailure> {
@@ -330,21 +429,7 @@ mod tests {
     use super::*;
 
     fn masked(opcode: OpCode, is_final: bool, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let header = FrameHeader {
-            is_final,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            opcode,
-            mask: Some(mask),
-        };
-        let mut out = Vec::new();
-        header.format(payload.len() as u64, &mut out).unwrap();
-        let mut body = payload.to_vec();
-        unmask(&mut body, mask);
-        out.extend_from_slice(&body);
-        out
+        client_frame(opcode, is_final, payload, [1, 2, 3, 4])
     }
 
     async fn reader_for(bytes: Vec<u8>, max: usize) -> (FrameReader, tokio::net::TcpStream) {
@@ -358,12 +443,18 @@ mod tests {
         (FrameReader::new(rd, &[], max), client)
     }
 
+    /// What the socket reader yields for `bytes`, checked against the I/O-free [`decode`] of the same bytes.
     async fn events(bytes: Vec<u8>, max: usize) -> Vec<String> {
+        let decoded: Vec<String> = decode(&bytes, max)
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
         let (mut reader, _client) = reader_for(bytes, max).await;
         let mut out = Vec::new();
         while let Some(event) = reader.next_event().await {
             out.push(format!("{event:?}"));
         }
+        assert_eq!(out, decoded, "socket reader and decode() disagree");
         out
     }
 
