@@ -17,6 +17,8 @@ pub struct AddrPool {
     next: AtomicU32,
     per_addr: u32,
     enabled: bool,
+    /// Addresses skipped before the first one: the worker processes of one run get disjoint ranges.
+    offset: u32,
 }
 
 /// The first address handed out; 127.0.0.1 stays for the server and the REST callers.
@@ -27,10 +29,16 @@ const LAST: u32 = u32::from_be_bytes([127, 255, 255, 254]);
 impl AddrPool {
     /// Spreading is only possible (and only done) when the server is on IPv4 loopback.
     pub fn new(server_is_loopback_v4: bool, per_addr: u32) -> AddrPool {
+        Self::with_offset(server_is_loopback_v4, per_addr, 0)
+    }
+
+    /// A pool whose first address is `offset` addresses after 127.0.0.2.
+    pub fn with_offset(server_is_loopback_v4: bool, per_addr: u32, offset: u32) -> AddrPool {
         AddrPool {
             next: AtomicU32::new(0),
             per_addr: per_addr.max(1),
             enabled: server_is_loopback_v4,
+            offset,
         }
     }
 
@@ -39,7 +47,10 @@ impl AddrPool {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let ip = FIRST.saturating_add(n / self.per_addr).min(LAST);
+        let ip = FIRST
+            .saturating_add(self.offset)
+            .saturating_add(n / self.per_addr)
+            .min(LAST);
         Some(IpAddr::V4(Ipv4Addr::from(ip)))
     }
 
@@ -179,6 +190,8 @@ mod tests {
         big.next.store(254, Ordering::Relaxed);
         assert_eq!(big.next(), Some(ip("127.0.1.0")));
         assert_eq!(AddrPool::new(false, 10).next(), None);
+        let shifted = AddrPool::with_offset(true, 2, 256);
+        assert_eq!(shifted.next(), Some(ip("127.0.1.2")));
     }
 
     #[test]

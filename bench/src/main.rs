@@ -3,8 +3,9 @@
 //! REST, measures the server process alone (RSS and CPU time from `/proc`), and prints for every scenario a
 //! human table followed by one JSON line.
 //!
-//! Scenarios: `conns`, `commands`, `ingest`, `storm`, and `smoke` (all of them at a tiny size; exits non-zero
-//! on any error, for CI).
+//! Scenarios: `conns`, `commands`, `ingest`, `ocpp`, `storm`, `cluster` (several nodes and worker processes),
+//! and `smoke` (all of them at a tiny size; exits non-zero on any error, for CI). `plot` draws the SVG plots of
+//! BENCHMARKS.md from saved JSON lines.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod fleet;
+mod hold;
 mod http;
+mod plot;
 mod procfs;
 mod report;
 mod scenarios;
@@ -153,8 +156,55 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         callers: usize,
     },
+    /// N terminals held by a cluster of K node processes (Redis, one database), one bench worker process per
+    /// node: registration, every node's listing, RSS per connection, cross-node commands, none dropped.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 3000)]
+        devices: usize,
+        /// Seconds the nodes' idle CPU is measured over.
+        #[arg(long, default_value_t = 5.0)]
+        idle_secs: f64,
+        /// Cross-node commands sent once all are listed (each through the REST API of a node that does not
+        /// hold the terminal).
+        #[arg(long, default_value_t = 600)]
+        commands: usize,
+        #[arg(long, default_value_t = 8)]
+        callers: usize,
+        /// The Redis the nodes share (each run uses a key prefix of its own).
+        #[arg(
+            long,
+            env = "BENCH_REDIS_URL",
+            default_value = "redis://127.0.0.1:6379/0"
+        )]
+        redis_url: String,
+    },
     /// Every scenario at a tiny size (a few hundred devices, ~2 s each); exit 1 on any error. CI runs this.
     Smoke,
+    /// Draws the SVG plots of BENCHMARKS.md from saved JSON lines (the output of any scenarios, e.g.
+    /// `… | tee -a results.jsonl`): RSS per connection against connections (conns and cluster lines), and
+    /// command latency and rate against concurrent callers (commands lines).
+    Plot {
+        /// Files holding the scenarios' output; lines that are not a scenario's JSON line are skipped.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Directory the SVG files are written to.
+        #[arg(long, default_value = "bench/plots")]
+        out: PathBuf,
+    },
+    /// (Internal) one worker process of `cluster`: holds a share of the terminals, talks to its parent on stdio.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        ws_url: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        addr_offset: u32,
+    },
 }
 
 impl Scenario {
@@ -165,7 +215,10 @@ impl Scenario {
             Scenario::Ingest { .. } => "ingest",
             Scenario::Ocpp { .. } => "ocpp",
             Scenario::Storm { .. } => "storm",
+            Scenario::Cluster { .. } => "cluster",
             Scenario::Smoke => "smoke",
+            Scenario::Plot { .. } => "plot",
+            Scenario::Hold { .. } => "hold",
         }
     }
 
@@ -195,6 +248,15 @@ impl Scenario {
                 devices: 300,
                 callers: 8,
             }],
+            Scenario::Cluster { redis_url, .. } => vec![Scenario::Cluster {
+                nodes: 2,
+                devices: 300,
+                idle_secs: 1.0,
+                commands: 100,
+                callers: 4,
+                redis_url: redis_url.clone(),
+            }],
+            Scenario::Plot { .. } | Scenario::Hold { .. } => vec![self.clone()],
             Scenario::Smoke => [
                 Scenario::Conns {
                     devices: 0,
@@ -218,6 +280,15 @@ impl Scenario {
                 Scenario::Storm {
                     devices: 0,
                     callers: 0,
+                },
+                Scenario::Cluster {
+                    nodes: 0,
+                    devices: 0,
+                    idle_secs: 0.0,
+                    commands: 0,
+                    callers: 0,
+                    redis_url: std::env::var("BENCH_REDIS_URL")
+                        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
                 },
             ]
             .iter()
@@ -247,6 +318,43 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    match &cli.scenario {
+        Some(Scenario::Hold {
+            ws_url,
+            prefix,
+            count,
+            addr_offset,
+        }) => {
+            let args = hold::HoldArgs {
+                ws_url: ws_url.clone(),
+                prefix: prefix.clone(),
+                count: *count,
+                addr_offset: *addr_offset,
+            };
+            return match hold::run(&cli.common, args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: hold: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Scenario::Plot { inputs, out }) => {
+            return match plot::run(inputs, out) {
+                Ok(written) => {
+                    for path in written {
+                        println!("wrote {}", path.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: plot: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        _ => {}
+    }
     let smoke = cli.smoke || matches!(cli.scenario, Some(Scenario::Smoke));
     let plan = match (&cli.scenario, smoke) {
         (Some(scenario), true) => scenario.smoke_sized(),
@@ -254,7 +362,7 @@ async fn run(cli: Cli) -> ExitCode {
         (None, true) => Scenario::Smoke.smoke_sized(),
         (None, false) => {
             eprintln!(
-                "error: name a scenario: conns, commands, ingest, storm or smoke (see --help)"
+                "error: name a scenario: conns, commands, ingest, ocpp, storm, cluster or smoke (see --help)"
             );
             return ExitCode::from(2);
         }
@@ -292,6 +400,25 @@ async fn run(cli: Cli) -> ExitCode {
 
 /// One scenario against its own server (started for it and stopped after, unless attached).
 async fn run_one(common: &Common, scenario: &Scenario) -> Result<Report, String> {
+    if let Scenario::Cluster {
+        nodes,
+        devices,
+        idle_secs,
+        commands,
+        callers,
+        redis_url,
+    } = scenario
+    {
+        let args = scenarios::cluster::ClusterArgs {
+            nodes: *nodes,
+            devices: *devices,
+            idle_secs: *idle_secs,
+            commands: *commands,
+            callers: *callers,
+            redis_url: redis_url.clone(),
+        };
+        return scenarios::cluster::run(common, &args).await;
+    }
     let server = Server::start_or_attach(common).await?;
     let ctx = Ctx::new(&server, common);
     let result = match scenario {
@@ -314,7 +441,12 @@ async fn run_one(common: &Common, scenario: &Scenario) -> Result<Report, String>
         Scenario::Storm { devices, callers } => {
             scenarios::storm::run(&ctx, *devices, *callers).await
         }
-        Scenario::Smoke => Err("smoke is a list of scenarios, not one".into()),
+        Scenario::Smoke
+        | Scenario::Cluster { .. }
+        | Scenario::Plot { .. }
+        | Scenario::Hold { .. } => {
+            Err(format!("{} is not run against one server", scenario.name()))
+        }
     };
     drop(ctx);
     // The log up to now is the run's; what a spawned server logs after SIGTERM is its shutdown's.

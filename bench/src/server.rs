@@ -85,6 +85,16 @@ pub struct ServerLog {
 const LOG_SAMPLES: usize = 5;
 
 impl ServerLog {
+    /// Adds another node's log (a cluster run reports its nodes' logs as one).
+    pub fn merge(&mut self, other: ServerLog) {
+        self.warnings += other.warnings;
+        self.errors += other.errors;
+        self.panics += other.panics;
+        for sample in other.samples {
+            self.sample(sample);
+        }
+    }
+
     fn sample(&mut self, text: String) {
         if self.samples.len() < LOG_SAMPLES {
             self.samples.push(text.chars().take(300).collect());
@@ -188,29 +198,33 @@ impl Server {
                 "--admin needs --server-url: start both nodes of the cluster yourself".into(),
             );
         }
-        let bin = match &common.server_bin {
-            Some(bin) => bin.clone(),
-            None => default_server_bin()?,
-        };
-        if !bin.is_file() {
-            return Err(format!(
-                "server binary {} not found: build it with `cargo build --release -p gatehouse --bin gatehouse`, \
-                 or pass --server-bin PATH (or --server-url to attach to a running node)",
-                bin.display()
-            ));
-        }
         let dir = tempfile::Builder::new()
             .prefix("gatehouse-bench-")
             .tempdir()
             .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-        let port = free_port()?;
-        let bind = format!("127.0.0.1:{port}");
         let database_url = match &common.database_url {
             Some(url) => url.clone(),
             None => format!("sqlite://{}/bench.db?mode=rwc", dir.path().display()),
         };
         let token = common.api_token.clone().unwrap_or_else(random_token);
-        let log_path = dir.path().join("server.log");
+        let spec = NodeSpec {
+            dir: dir.path().to_owned(),
+            name: "server".into(),
+            database_url,
+            token,
+            env: Vec::new(),
+        };
+        let mut server = Self::spawn_node(common, &spec).await?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    /// Starts one `gatehouse serve` as `spec` says, and waits until it answers `/healthz`.
+    pub async fn spawn_node(common: &Common, spec: &NodeSpec) -> Result<Server, String> {
+        let bin = server_bin(common)?;
+        let port = free_port()?;
+        let bind = format!("127.0.0.1:{port}");
+        let log_path = spec.dir.join(format!("{}.log", spec.name));
         let log =
             File::create(&log_path).map_err(|e| format!("cannot create the server log: {e}"))?;
         let log_err = log
@@ -221,7 +235,7 @@ impl Server {
         command
             .arg("serve")
             // Its working directory holds no `.env`, so only what we set here applies.
-            .current_dir(dir.path())
+            .current_dir(&spec.dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -231,30 +245,28 @@ impl Server {
         command.envs(SPAWN_ENV.iter().copied());
         command
             .env("GATEHOUSE_BIND", &bind)
-            .env("DATABASE_URL", &database_url)
-            .env("GATEHOUSE_API_TOKEN", &token);
-        for pair in &common.server_env {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("--server-env {pair}: expected KEY=VALUE"))?;
+            .env("DATABASE_URL", &spec.database_url)
+            .env("GATEHOUSE_API_TOKEN", &spec.token);
+        command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        for (key, value) in parse_env_pairs(&common.server_env)? {
             command.env(key, value);
         }
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let url = format!("http://{bind}");
-        let api = Arc::new(HttpTarget::parse(&url, &token).await?);
+        let api = Arc::new(HttpTarget::parse(&url, &spec.token).await?);
         let mut server = Server {
             ws_url: format!("ws://{bind}{}", common.ws_path),
             api,
             pid: Some(child.id()),
             ws_loopback_v4: true,
             mode: "spawned",
-            database: database_kind(Some(&database_url)),
+            database: database_kind(Some(&spec.database_url)),
             request_timeout: common.request_timeout(),
             child: Some(child),
             log_path: Some(log_path),
-            _dir: Some(dir),
+            _dir: None,
         };
         server.wait_ready().await?;
         Ok(server)
@@ -307,6 +319,27 @@ impl Server {
     /// `GET /api/connected`: how many devices the server (cluster) holds.
     pub async fn connected_count(&self, http: &mut HttpConn) -> Result<usize, String> {
         self.connected_since(http, None).await.map(|(all, _)| all)
+    }
+
+    /// `GET /api/connected?scope=local`: how many devices this node itself holds.
+    pub async fn local_count(&self, http: &mut HttpConn) -> Result<usize, String> {
+        #[derive(Deserialize)]
+        struct Items {
+            items: Vec<serde::de::IgnoredAny>,
+        }
+        let response = http
+            .get("/api/connected?scope=local")
+            .await
+            .map_err(|e| format!("{}: {}", e.kind(), e.message()))?;
+        if response.status != 200 {
+            return Err(format!(
+                "GET /api/connected?scope=local answered {}",
+                response.status
+            ));
+        }
+        serde_json::from_slice::<Items>(&response.body)
+            .map(|i| i.items.len())
+            .map_err(|e| format!("GET /api/connected?scope=local: bad body: {e}"))
     }
 
     /// `GET /api/connected`: (all devices listed, those whose connection started at or after `since`).
@@ -423,6 +456,42 @@ async fn healthy(target: &Arc<HttpTarget>, timeout: Duration) -> bool {
     matches!(http.get("/healthz").await, Ok(r) if r.status == 200)
 }
 
+/// How to start one node: its directory (working directory and log), log name, database, token and extra
+/// environment (cluster settings). `--server-env` pairs apply on top.
+pub struct NodeSpec {
+    pub dir: PathBuf,
+    pub name: String,
+    pub database_url: String,
+    pub token: String,
+    pub env: Vec<(String, String)>,
+}
+
+/// `--server-bin`, or `gatehouse` next to this executable; an error saying how to build it when missing.
+pub fn server_bin(common: &Common) -> Result<PathBuf, String> {
+    let bin = match &common.server_bin {
+        Some(bin) => bin.clone(),
+        None => default_server_bin()?,
+    };
+    if !bin.is_file() {
+        return Err(format!(
+            "server binary {} not found: build it with `cargo build --release -p gatehouse --bin gatehouse`, \
+             or pass --server-bin PATH (or --server-url to attach to a running node)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+fn parse_env_pairs(pairs: &[String]) -> Result<Vec<(&str, &str)>, String> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .ok_or_else(|| format!("--server-env {pair}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
 /// `gatehouse` next to our own executable (`target/release/gatehouse`).
 fn default_server_bin() -> Result<PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| format!("cannot find our own executable: {e}"))?;
@@ -439,7 +508,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("cannot find a free port: {e}"))
 }
 
-fn random_token() -> String {
+pub fn random_token() -> String {
     format!("bench-{:032x}", rand::random::<u128>())
 }
 

@@ -80,6 +80,31 @@ impl ErrorCounts {
         )
     }
 
+    /// Counts and first messages, for a worker process to hand its errors to the parent ([`Self::from_wire`]).
+    pub fn to_wire(&self) -> Value {
+        json!({"counts": self.counts, "samples": self.samples})
+    }
+
+    /// The inverse of [`Self::to_wire`]; a malformed value is itself counted as an error.
+    pub fn from_wire(value: &Value) -> ErrorCounts {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            counts: BTreeMap<String, u64>,
+            samples: BTreeMap<String, String>,
+        }
+        match serde_json::from_value::<Wire>(value.clone()) {
+            Ok(w) => ErrorCounts {
+                counts: w.counts,
+                samples: w.samples,
+            },
+            Err(e) => {
+                let mut errors = ErrorCounts::default();
+                errors.add_with("worker_bad_errors", e.to_string());
+                errors
+            }
+        }
+    }
+
     /// `kind: count (first message)` lines for the human table.
     pub fn lines(&self) -> Vec<String> {
         self.counts
@@ -136,6 +161,33 @@ impl Latency {
         })
     }
 
+    /// `[[µs, count], …]`: every recorded value, for a worker process to hand to its parent.
+    pub fn to_wire(&self) -> Value {
+        Value::Array(
+            self.0
+                .iter_recorded()
+                .map(|v| json!([v.value_iterated_to(), v.count_at_value()]))
+                .collect(),
+        )
+    }
+
+    /// Adds what [`Self::to_wire`] wrote; returns how many pairs could not be read.
+    pub fn add_wire(&mut self, value: &Value) -> usize {
+        let mut bad = 0;
+        for pair in value.as_array().map(Vec::as_slice).unwrap_or_default() {
+            match (
+                pair.get(0).and_then(Value::as_u64),
+                pair.get(1).and_then(Value::as_u64),
+            ) {
+                (Some(micros), Some(n)) => {
+                    let _ = self.0.record_n(micros.clamp(1, MAX_MICROS), n);
+                }
+                _ => bad += 1,
+            }
+        }
+        bad
+    }
+
     /// `p50 1.2 / p90 3.4 / p99 5.6 / max 7.8 ms` for the human table.
     pub fn summary(&self) -> String {
         if self.0.is_empty() {
@@ -176,6 +228,28 @@ mod tests {
         assert_eq!(a.to_json(), json!({"http_409": 2, "timeout": 3}));
         assert_eq!(a.lines()[0], "http_409: 2 (first: first)");
         assert_eq!(a.prefixed("storm").get("storm.timeout"), 3);
+    }
+
+    #[test]
+    fn worker_wire_formats_round_trip() {
+        let mut errors = ErrorCounts::default();
+        errors.add_with("reg_connect", "refused");
+        errors.add_n("reg_timeout", 4);
+        let back = ErrorCounts::from_wire(&errors.to_wire());
+        assert_eq!(back.lines(), errors.lines());
+        assert_eq!(
+            ErrorCounts::from_wire(&json!(7)).get("worker_bad_errors"),
+            1
+        );
+
+        let mut l = Latency::new().expect("histogram");
+        for ms in [1, 1, 5, 250] {
+            l.record(Duration::from_millis(ms));
+        }
+        let mut merged = Latency::new().expect("histogram");
+        assert_eq!(merged.add_wire(&l.to_wire()), 0);
+        assert_eq!(merged.to_json(), l.to_json());
+        assert_eq!(merged.add_wire(&json!([[1, 2], ["x"]])), 1);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::report::Report;
 use crate::server::Server;
 use crate::Common;
 
+pub mod cluster;
 pub mod commands;
 pub mod conns;
 pub mod ingest;
