@@ -54,6 +54,14 @@ enum Delivered {
 /// device drops.
 pub async fn deliver(deps: Arc<SessionDeps>, device: String, target: Target) {
     let store = &deps.store;
+    match store.has_deliveries(&device).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(err) => {
+            tracing::warn!(device = %device, %err, "could not read the command queue");
+            return;
+        }
+    }
     if let Err(err) = store
         .recover_claims(&device, target.unsafe_commands())
         .await

@@ -84,6 +84,29 @@ impl Store {
         })
     }
 
+    /// Whether `device` has anything for [`Self::recover_claims`] or [`Self::next_queued`] to act on: a queued
+    /// command, or one sent by an earlier connection. One indexed read; most registrations find nothing and
+    /// then take no write lock at all (two empty UPDATEs per registration serialized reconnect storms on
+    /// SQLite's single writer).
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn has_deliveries(&self, device: &str) -> Result<bool, StoreError> {
+        let found = command::Entity::find()
+            .select_only()
+            .column(command::Column::Id)
+            .filter(command::Column::Device.eq(device))
+            .filter(
+                command::Column::State
+                    .is_in([CommandState::Queued.as_str(), CommandState::Sent.as_str()]),
+            )
+            .filter(command::Column::DeliverQueued.eq(true))
+            .into_tuple::<Uuid>()
+            .one(&self.db)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// Claims left behind by earlier connections of this device (it just registered, so they are dead):
     /// back to the queue, except a command that was already sent and is not safe to repeat, which fails.
     ///
