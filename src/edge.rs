@@ -91,7 +91,7 @@ impl UpgradeSlot {
 /// in the limits, its message size limit.
 pub struct Plumbing {
     pub reader: oneshot::Sender<FrameReader>,
-    pub outbox: mpsc::Receiver<OutFrame>,
+    pub outbox: mpsc::Receiver<Box<OutFrame>>,
     pub permit: Option<SocketPermit>,
     pub max_message_bytes: usize,
 }

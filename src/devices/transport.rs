@@ -65,7 +65,9 @@ pub enum OutboxError {
 /// Bounded, ordered sink of outgoing frames; cloning shares the same queue.
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<OutFrame>,
+    /// Boxed: a channel allocates its first block of 32 slots up front, and a slot of a boxed frame is 8 bytes
+    /// instead of 32 (about 0.75 KiB less per idle socket; one small allocation per frame sent).
+    tx: mpsc::Sender<Box<OutFrame>>,
 }
 
 impl Outbox {
@@ -74,7 +76,7 @@ impl Outbox {
     /// # Errors
     /// [`OutboxError::Full`] when the device is too far behind, [`OutboxError::Closed`] when the writer ended.
     pub fn send(&self, frame: OutFrame) -> Result<(), OutboxError> {
-        self.tx.try_send(frame).map_err(|err| match err {
+        self.tx.try_send(Box::new(frame)).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => OutboxError::Full,
             mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
         })
@@ -86,7 +88,10 @@ impl Outbox {
     /// # Errors
     /// [`OutboxError::Closed`] when the writer ended.
     pub async fn send_wait(&self, frame: OutFrame) -> Result<(), OutboxError> {
-        self.tx.send(frame).await.map_err(|_| OutboxError::Closed)
+        self.tx
+            .send(Box::new(frame))
+            .await
+            .map_err(|_| OutboxError::Closed)
     }
 
     pub fn text(&self, text: impl Into<String>) -> Result<(), OutboxError> {
@@ -94,7 +99,7 @@ impl Outbox {
     }
 
     /// A bare outbox whose frames land in the returned receiver (for tests of protocol code without sockets).
-    pub fn detached(capacity: usize) -> (Outbox, mpsc::Receiver<OutFrame>) {
+    pub fn detached(capacity: usize) -> (Outbox, mpsc::Receiver<Box<OutFrame>>) {
         let (tx, rx) = mpsc::channel(capacity);
         (Outbox { tx }, rx)
     }
@@ -128,7 +133,7 @@ fn accept_inner(
             response.insert_header((actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, protocol));
         }
         let (permit, budget) = split_guard(guard);
-        let (tx, outbox) = mpsc::channel::<OutFrame>(OUTBOX_CAPACITY);
+        let (tx, outbox) = mpsc::channel::<Box<OutFrame>>(OUTBOX_CAPACITY);
         let (reader_tx, reader_rx) = oneshot::channel::<FrameReader>();
         slot.fill(Plumbing {
             reader: reader_tx,
@@ -256,13 +261,13 @@ fn start((response, session, stream): Handshake, max_frame_bytes: usize, guard: 
             Err(_) => WsEvent::Error(WsFailure::Protocol),
         });
     let events = police(frames, budget);
-    let (tx, mut rx) = mpsc::channel::<OutFrame>(OUTBOX_CAPACITY);
+    let (tx, mut rx) = mpsc::channel::<Box<OutFrame>>(OUTBOX_CAPACITY);
     actix_rt::spawn(async move {
         // The socket holds its place in the limits until the writer ends with it.
         let _permit = permit;
         let mut session = session;
         while let Some(frame) = rx.recv().await {
-            let sent = match frame {
+            let sent = match *frame {
                 OutFrame::Text(text) => session.text(text).await,
                 OutFrame::Binary(bytes) => session.binary(bytes).await,
                 OutFrame::Ping => session.ping(b"").await,

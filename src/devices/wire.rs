@@ -384,15 +384,14 @@ fn encode_frame(out: &mut Vec<u8>, frame: OutFrame) -> bool {
 /// already waiting go out in one write. The socket's place in the limits is given back when this ends.
 pub async fn write_frames(
     mut wr: OwnedWriteHalf,
-    mut outbox: mpsc::Receiver<OutFrame>,
+    mut outbox: mpsc::Receiver<Box<OutFrame>>,
     permit: Option<SocketPermit>,
 ) {
     let _permit = permit;
-    let mut buf = Vec::new();
     loop {
         let Some(frame) = outbox.recv().await else {
+            let mut buf = Vec::new();
             // The session actor is gone without an explicit close: close politely.
-            buf.clear();
             encode_frame(
                 &mut buf,
                 OutFrame::Close(actix_ws::CloseCode::Normal, String::new()),
@@ -401,10 +400,12 @@ pub async fn write_frames(
             let _ = wr.shutdown().await;
             return;
         };
-        let mut closing = encode_frame(&mut buf, frame);
+        // A buffer per wake-up, not per socket: an idle socket keeps no write buffer.
+        let mut buf = Vec::new();
+        let mut closing = encode_frame(&mut buf, *frame);
         while !closing && buf.len() < 64 * 1024 {
             match outbox.try_recv() {
-                Ok(frame) => closing = encode_frame(&mut buf, frame),
+                Ok(frame) => closing = encode_frame(&mut buf, *frame),
                 Err(_) => break,
             }
         }
@@ -415,11 +416,6 @@ pub async fn write_frames(
         if closing {
             let _ = wr.shutdown().await;
             return;
-        }
-        buf.clear();
-        // A large frame's buffer is not kept for the life of the socket.
-        if buf.capacity() > 16 * 1024 {
-            buf = Vec::new();
         }
     }
 }
@@ -553,11 +549,13 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let (_rd, wr) = server.into_split();
         let (tx, rx) = mpsc::channel(8);
-        tx.send(OutFrame::Text("one".into())).await.unwrap();
-        tx.send(OutFrame::Close(
+        tx.send(Box::new(OutFrame::Text("one".into())))
+            .await
+            .unwrap();
+        tx.send(Box::new(OutFrame::Close(
             actix_ws::CloseCode::Policy,
             "é".repeat(100),
-        ))
+        )))
         .await
         .unwrap();
         write_frames(wr, rx, None).await;
