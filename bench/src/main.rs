@@ -172,6 +172,10 @@ enum Scenario {
         commands: usize,
         #[arg(long, default_value_t = 8)]
         callers: usize,
+        /// Times a terminal that failed to register dials again after a 1 s pause, as real terminals do
+        /// (failed attempts are reported as `reg_retried`; only terminals still unregistered are errors).
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
         /// The Redis the nodes share (each run uses a key prefix of its own).
         #[arg(
             long,
@@ -204,6 +208,8 @@ enum Scenario {
         count: usize,
         #[arg(long, default_value_t = 0)]
         addr_offset: u32,
+        #[arg(long, default_value_t = 0)]
+        retries: u32,
     },
 }
 
@@ -254,6 +260,7 @@ impl Scenario {
                 idle_secs: 1.0,
                 commands: 100,
                 callers: 4,
+                retries: 0,
                 redis_url: redis_url.clone(),
             }],
             Scenario::Plot { .. } | Scenario::Hold { .. } => vec![self.clone()],
@@ -287,6 +294,7 @@ impl Scenario {
                     idle_secs: 0.0,
                     commands: 0,
                     callers: 0,
+                    retries: 0,
                     redis_url: std::env::var("BENCH_REDIS_URL")
                         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
                 },
@@ -324,12 +332,14 @@ async fn run(cli: Cli) -> ExitCode {
             prefix,
             count,
             addr_offset,
+            retries,
         }) => {
             let args = hold::HoldArgs {
                 ws_url: ws_url.clone(),
                 prefix: prefix.clone(),
                 count: *count,
                 addr_offset: *addr_offset,
+                retries: *retries,
             };
             return match hold::run(&cli.common, args).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -406,6 +416,7 @@ async fn run_one(common: &Common, scenario: &Scenario) -> Result<Report, String>
         idle_secs,
         commands,
         callers,
+        retries,
         redis_url,
     } = scenario
     {
@@ -415,6 +426,7 @@ async fn run_one(common: &Common, scenario: &Scenario) -> Result<Report, String>
             idle_secs: *idle_secs,
             commands: *commands,
             callers: *callers,
+            retries: *retries,
             redis_url: redis_url.clone(),
         };
         return scenarios::cluster::run(common, &args).await;

@@ -33,6 +33,7 @@ pub struct ClusterArgs {
     pub idle_secs: f64,
     pub commands: usize,
     pub callers: usize,
+    pub retries: u32,
     pub redis_url: String,
 }
 
@@ -44,6 +45,8 @@ struct Worker {
     prefix: String,
     share: usize,
     registered: usize,
+    /// 1-based indices of this worker's serial numbers that never registered.
+    failed: std::collections::HashSet<usize>,
 }
 
 impl Worker {
@@ -138,6 +141,7 @@ pub async fn run(common: &Common, args: &ClusterArgs) -> Result<Report, String> 
         let prefix = format!("{run}{i:X}");
         workers.push(spawn_worker(
             common,
+            args,
             &server.ws_url,
             &prefix,
             share,
@@ -155,11 +159,22 @@ pub async fn run(common: &Common, args: &ClusterArgs) -> Result<Report, String> 
     .await;
     let register_secs = started.elapsed();
     let mut registered = 0usize;
+    let mut retried = 0u64;
+    let mut retry_errors = ErrorCounts::default();
     for (i, (worker, first)) in workers.iter_mut().zip(firsts).enumerate() {
         match first {
             Ok(v) => {
                 worker.registered = v["registered"].as_u64().unwrap_or(0) as usize;
                 registered += worker.registered;
+                retried += v["retried"].as_u64().unwrap_or(0);
+                retry_errors.merge(&ErrorCounts::from_wire(&v["retry_errors"]));
+                worker.failed = v["failed"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|i| i.as_u64().map(|i| i as usize))
+                    .collect();
                 report.errors.merge(&ErrorCounts::from_wire(&v["errors"]));
                 let bad = latency.add_wire(&v["latency"]);
                 report.errors.add_n("worker_bad_latency", bad as u64);
@@ -281,6 +296,11 @@ pub async fn run(common: &Common, args: &ClusterArgs) -> Result<Report, String> 
     );
     report.figure("reg_latency_ms", "", latency.to_json(), "");
     report.figure("", "registration latency", latency.summary(), "");
+    report.figure("reg_retried", "registrations dialled again", retried, "");
+    report.figure("reg_retry_errors", "", retry_errors.to_json(), "");
+    for line in retry_errors.lines() {
+        report.note(format!("failed before a retry: {line}"));
+    }
     report.figure(
         "listed_local",
         "listed by their nodes",
@@ -375,6 +395,7 @@ pub async fn run(common: &Common, args: &ClusterArgs) -> Result<Report, String> 
 
 fn spawn_worker(
     common: &Common,
+    args: &ClusterArgs,
     ws_url: &str,
     prefix: &str,
     share: usize,
@@ -382,9 +403,11 @@ fn spawn_worker(
 ) -> Result<Worker, String> {
     let me = std::env::current_exe().map_err(|e| format!("cannot find our own executable: {e}"))?;
     let mut command = tokio::process::Command::new(me);
+    // --concurrency is the whole run's: split over the workers, so K workers do not dial K times as many.
+    let concurrency = (common.concurrency / args.nodes.max(1)).max(16);
     command
         .arg("--concurrency")
-        .arg(common.concurrency.to_string())
+        .arg(concurrency.to_string())
         .arg("--sockets-per-addr")
         .arg(common.sockets_per_addr.to_string());
     if common.no_source_spread {
@@ -400,6 +423,8 @@ fn spawn_worker(
         .arg(share.to_string())
         .arg("--addr-offset")
         .arg(addr_offset.to_string())
+        .arg("--retries")
+        .arg(args.retries.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -416,6 +441,7 @@ fn spawn_worker(
         prefix: prefix.to_owned(),
         share,
         registered: 0,
+        failed: Default::default(),
     })
 }
 
@@ -437,14 +463,19 @@ async fn cross_node_commands(
 ) -> Result<Cross, String> {
     let callers = args.callers.max(1);
     let per_caller = args.commands.div_ceil(callers);
-    let shares: Vec<(String, usize)> = workers
+    // Only terminals that registered (a failed registration is already counted).
+    let shares: Vec<(String, Vec<usize>)> = workers
         .iter()
-        .map(|w| (w.prefix.clone(), w.share))
+        .map(|w| {
+            let live = (1..=w.share).filter(|i| !w.failed.contains(i)).collect();
+            (w.prefix.clone(), live)
+        })
         .collect();
+    let shares = std::sync::Arc::new(shares);
     let started = Instant::now();
     let tasks: Vec<_> = (0..callers)
         .map(|_| {
-            let shares = shares.clone();
+            let shares = std::sync::Arc::clone(&shares);
             let mut conns: Vec<_> = servers.iter().map(Server::http).collect();
             tokio::spawn(async move {
                 let mut errors = ErrorCounts::default();
@@ -452,11 +483,12 @@ async fn cross_node_commands(
                 let (mut sent, mut ok, mut misrouted) = (0u64, 0u64, 0u64);
                 for _ in 0..per_caller {
                     let node = rand::random_range(0..shares.len());
-                    let (prefix, share) = &shares[node];
-                    if *share == 0 {
+                    let (prefix, live) = &shares[node];
+                    if live.is_empty() {
                         continue;
                     }
-                    let sn = format!("{prefix}{:06}", rand::random_range(1..=*share));
+                    let index = live[rand::random_range(0..live.len())];
+                    let sn = format!("{prefix}{index:06}");
                     let via = (node + 1) % conns.len();
                     let began = Instant::now();
                     sent += 1;
