@@ -115,7 +115,7 @@ pub async fn publish(
         }
         return match &state.cluster {
             Some(cluster) => {
-                cluster.publish_live(&event, Some(id)).await;
+                cluster.publish_live(&event, Some(id));
                 Ok(HttpResponse::Accepted().json(json!({"published": true, "subscriber": id})))
             }
             None => Err(ApiError::NotFound(format!(

@@ -6,7 +6,11 @@
 //! - `{p}:epoch:{sn}`: the serial number's connection counter (`INCR`-like, raised by [`scripts::CLAIM`]);
 //! - `{p}:nodedevs:{node}`: the serial numbers a node holds (for listings and dead-node clean-up);
 //! - `{p}:node:{node}`: JSON [`NodeInfo`] with a TTL; `{p}:nodes`: sorted set node → last heartbeat (ms);
-//! - channels `{p}:cmd:{node}` (requests to a node), `{p}:reply:{node}` (answers to a node), `{p}:events`.
+//! - channels `{p}:cmd:{node}` (requests to a node), `{p}:reply:{node}` (answers to a node), `{p}:events`
+//!   and `{p}:live`. A message on the last two is one JSON event or a JSON array of events: a node's
+//!   registrations and live events go out through one publisher task that puts everything waiting into one
+//!   message per channel (a reconnect storm of 100,000 devices was 200,000 PUBLISHes, each fanned out to every
+//!   node, and timed out).
 //!
 //! Owned by `startup::Application`; its two tasks (subscriber and heartbeat) live until the node stops.
 
@@ -33,6 +37,18 @@ pub use messages::{ClusterEvent, ForwardOutcome, ForwardReply, ForwardRequest, N
 
 /// How long one Redis round trip may take before the call counts as failed (Redis is local to the cluster).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Events waiting for the publisher task; beyond this they are dropped (events are advisory: the directory is
+/// the truth) and counted in `gatehouse_cluster_events_dropped_total`.
+const PUBLISH_QUEUE: usize = 16_384;
+/// Most events in one published message.
+const PUBLISH_BATCH: usize = 512;
+
+/// The two batched channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topic {
+    Events,
+    Live,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -105,6 +121,8 @@ struct Inner {
     /// Local live-events bus: events from other nodes are delivered to its subscribers.
     events: OnceLock<crate::events::EventBus>,
     leaving: AtomicBool,
+    /// The publisher task's queue (set by `start`).
+    outgoing: OnceLock<tokio::sync::mpsc::Sender<(Topic, String)>>,
 }
 
 impl Cluster {
@@ -156,6 +174,7 @@ impl Cluster {
                 registry: OnceLock::new(),
                 events: OnceLock::new(),
                 leaving: AtomicBool::new(false),
+                outgoing: OnceLock::new(),
             }),
         })
     }
@@ -186,34 +205,75 @@ impl Cluster {
     pub fn attach_events(&self, bus: crate::events::EventBus) {
         let cluster = self.clone();
         bus.set_remote(Arc::new(move |event| {
-            let cluster = cluster.clone();
-            actix_rt::spawn(async move { cluster.publish_live(&event, None).await });
+            cluster.publish_live(&event, None);
         }));
         let _ = self.inner.events.set(bus);
     }
 
     /// Publishes a live event (or a push to one subscriber) to every node.
-    pub async fn publish_live(&self, event: &crate::events::Event, subscriber: Option<Uuid>) {
+    pub fn publish_live(&self, event: &crate::events::Event, subscriber: Option<Uuid>) {
         let payload = crate::events::RemoteEvent {
             event: event.clone(),
             subscriber,
         };
-        let channel = self.key(&["live"]);
-        let result = async {
-            let text = serde_json::to_string(&payload)?;
-            let mut conn = self.conn();
-            let _: i64 = timed(
-                redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(text)
-                    .query_async(&mut conn),
-            )
-            .await?;
-            Ok::<_, ClusterError>(())
+        match serde_json::to_string(&payload) {
+            Ok(text) => self.enqueue(Topic::Live, text),
+            Err(err) => tracing::debug!(%err, "could not encode a live event for the cluster"),
         }
-        .await;
-        if let Err(err) = result {
-            tracing::debug!(%err, "could not publish a live event to the cluster");
+    }
+
+    /// Queues a device's `Registered` / `Gone` event for the publisher task (see the module notes).
+    pub fn queue_event(&self, event: &ClusterEvent) {
+        match serde_json::to_string(event) {
+            Ok(text) => self.enqueue(Topic::Events, text),
+            Err(err) => tracing::warn!(%err, ?event, "could not encode a cluster event"),
+        }
+    }
+
+    fn enqueue(&self, topic: Topic, text: String) {
+        // Before `start` there is no device and no subscriber to publish for.
+        let Some(queue) = self.inner.outgoing.get() else {
+            return;
+        };
+        if queue.try_send((topic, text)).is_err() {
+            metrics::counter!("gatehouse_cluster_events_dropped_total").increment(1);
+            tracing::debug!(?topic, "cluster event queue full; event dropped");
+        }
+    }
+
+    /// Publishes what is queued: everything waiting (up to [`PUBLISH_BATCH`]) in one message per channel, both
+    /// in one round trip. While a round trip is in flight the next batch gathers, so an idle node publishes at
+    /// once and a busy one in few large messages.
+    async fn publisher(self, mut queue: tokio::sync::mpsc::Receiver<(Topic, String)>) {
+        let channels = (self.key(&["events"]), self.key(&["live"]));
+        let mut events = Vec::new();
+        let mut live = Vec::new();
+        while let Some(first) = queue.recv().await {
+            let mut next = Some(first);
+            while let Some((topic, text)) = next.take() {
+                match topic {
+                    Topic::Events => events.push(text),
+                    Topic::Live => live.push(text),
+                }
+                if events.len() + live.len() < PUBLISH_BATCH {
+                    next = queue.try_recv().ok();
+                }
+            }
+            let mut pipe = redis::pipe();
+            for (channel, batch) in [(&channels.0, &events), (&channels.1, &live)] {
+                if !batch.is_empty() {
+                    pipe.cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(coalesce(batch))
+                        .ignore();
+                }
+            }
+            let mut conn = self.conn();
+            if let Err(err) = timed(pipe.query_async::<()>(&mut conn)).await {
+                tracing::warn!(%err, events = events.len(), live = live.len(), "could not publish cluster events");
+            }
+            events.clear();
+            live.clear();
         }
     }
 
@@ -221,10 +281,16 @@ impl Cluster {
         let Some(bus) = self.inner.events.get() else {
             return;
         };
-        let Ok(remote) = serde_json::from_str::<crate::events::RemoteEvent>(payload) else {
+        let Some(batch) = uncoalesce::<crate::events::RemoteEvent>(payload) else {
             tracing::warn!("malformed live event dropped");
             return;
         };
+        for remote in batch {
+            self.on_live_one(bus, remote);
+        }
+    }
+
+    fn on_live_one(&self, bus: &crate::events::EventBus, remote: crate::events::RemoteEvent) {
         match remote.subscriber {
             Some(id) => {
                 bus.deliver_to(id, &remote.event);
@@ -240,6 +306,10 @@ impl Cluster {
     /// Starts the subscriber and heartbeat tasks on the current actix arbiter.
     pub fn start(&self, registry: Addr<Registry>, executor: Executor) {
         let _ = self.inner.registry.set(registry);
+        let (tx, rx) = tokio::sync::mpsc::channel(PUBLISH_QUEUE);
+        if self.inner.outgoing.set(tx).is_ok() {
+            actix_rt::spawn(self.clone().publisher(rx));
+        }
         actix_rt::spawn(self.clone().subscriber(executor));
         actix_rt::spawn(self.clone().heartbeat_loop());
     }
@@ -773,10 +843,16 @@ impl Cluster {
     }
 
     fn on_event(&self, payload: &str) {
-        let Ok(event) = serde_json::from_str::<ClusterEvent>(payload) else {
+        let Some(batch) = uncoalesce::<ClusterEvent>(payload) else {
             tracing::warn!("malformed cluster event dropped");
             return;
         };
+        for event in batch {
+            self.on_event_one(event);
+        }
+    }
+
+    fn on_event_one(&self, event: ClusterEvent) {
         match event {
             ClusterEvent::Registered { sn, node, epoch } if node != self.inner.node_id => {
                 if let Some(registry) = self.inner.registry.get() {
@@ -815,6 +891,35 @@ impl Cluster {
     }
 }
 
+/// One message for a batch of JSON texts: the text itself when alone, else a JSON array of them.
+fn coalesce(batch: &[String]) -> String {
+    match batch {
+        [one] => one.clone(),
+        many => {
+            let mut out =
+                String::with_capacity(many.iter().map(|t| t.len() + 1).sum::<usize>() + 2);
+            out.push('[');
+            for (i, text) in many.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(text);
+            }
+            out.push(']');
+            out
+        }
+    }
+}
+
+/// The events of a message written by [`coalesce`] (one, or an array); `None` when it is neither.
+fn uncoalesce<T: serde::de::DeserializeOwned>(payload: &str) -> Option<Vec<T>> {
+    if payload.trim_start().starts_with('[') {
+        serde_json::from_str(payload).ok()
+    } else {
+        serde_json::from_str(payload).ok().map(|one| vec![one])
+    }
+}
+
 async fn timed<T>(
     future: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, ClusterError> {
@@ -831,4 +936,44 @@ fn host_name() -> String {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "gatehouse".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_one_event_or_an_array_and_read_back_in_order() {
+        let events = [
+            ClusterEvent::Registered {
+                sn: "A1".into(),
+                node: "n1".into(),
+                epoch: 3,
+            },
+            ClusterEvent::Gone {
+                sn: "B2".into(),
+                node: "n1".into(),
+                epoch: 9,
+            },
+        ];
+        let texts: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("json"))
+            .collect();
+        // One event travels as itself, as before batching.
+        assert_eq!(coalesce(&texts[..1]), texts[0]);
+        let both = coalesce(&texts);
+        assert!(both.starts_with('[') && both.ends_with(']'));
+        let back: Vec<ClusterEvent> = uncoalesce(&both).expect("array");
+        assert_eq!(
+            back.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>(),
+            events.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            uncoalesce::<ClusterEvent>(&texts[1]).map(|v| v.len()),
+            Some(1)
+        );
+        assert!(uncoalesce::<ClusterEvent>("[{\"nope\":1}]").is_none());
+        assert!(uncoalesce::<ClusterEvent>("not json").is_none());
+    }
 }

@@ -134,11 +134,7 @@ impl Registry {
                 held.epoch = Some(epoch);
                 if first {
                     let node = cluster.node_id().to_owned();
-                    actix_rt::spawn(async move {
-                        cluster
-                            .publish_event(&ClusterEvent::Registered { sn, node, epoch })
-                            .await;
-                    });
+                    cluster.queue_event(&ClusterEvent::Registered { sn, node, epoch });
                 }
             }
             (Some(_), Ok(Claim::Lost { node, epoch })) => {
@@ -194,9 +190,7 @@ impl Registry {
                 match cluster.release(&sn, epoch).await {
                     Ok(_) => {
                         let node = cluster.node_id().to_owned();
-                        cluster
-                            .publish_event(&ClusterEvent::Gone { sn, node, epoch })
-                            .await;
+                        cluster.queue_event(&ClusterEvent::Gone { sn, node, epoch });
                     }
                     // The route expires on its own (CLUSTER_ROUTE_TTL).
                     Err(err) => {
