@@ -25,8 +25,8 @@ pub type CommandPoint = (f64, f64, f64, f64);
 pub struct Points {
     /// connections → KiB per connection, one node.
     pub single: BTreeMap<u64, f64>,
-    /// connections → KiB per connection, all nodes of a cluster together.
-    pub cluster: BTreeMap<u64, f64>,
+    /// database kind → connections → KiB per connection, all nodes of a cluster together.
+    pub cluster: BTreeMap<String, BTreeMap<u64, f64>>,
     /// callers → (p50, p90, p99 ms, commands/s).
     pub commands: BTreeMap<u64, CommandPoint>,
 }
@@ -48,7 +48,8 @@ impl Points {
                 }
                 Some("cluster") => {
                     if let (Some(n), Some(kib)) = (n, per_conn) {
-                        self.cluster.insert(n, kib);
+                        let database = v["database"].as_str().unwrap_or("unknown").to_owned();
+                        self.cluster.entry(database).or_default().insert(n, kib);
                     }
                 }
                 Some("commands") => {
@@ -102,7 +103,7 @@ fn draw_rss(points: &Points, path: &Path) -> Result<(), String> {
     let all: Vec<(f64, f64)> = points
         .single
         .iter()
-        .chain(&points.cluster)
+        .chain(points.cluster.values().flatten())
         .map(|(&n, &kib)| (n as f64, kib))
         .collect();
     let x_min = all.iter().map(|p| p.0).fold(f64::MAX, f64::min) / 1.5;
@@ -132,10 +133,17 @@ fn draw_rss(points: &Points, path: &Path) -> Result<(), String> {
         .x_label_formatter(&|x| format!("{:.0}", x))
         .draw()
         .map_err(err)?;
-    let series: [(&str, &BTreeMap<u64, f64>, RGBColor); 2] = [
-        ("one node (conns)", &points.single, BLUE),
-        ("cluster, nodes summed (cluster)", &points.cluster, RED),
-    ];
+    let palette = [RED, MAGENTA, GREEN, CYAN];
+    let mut series: Vec<(String, &BTreeMap<u64, f64>, RGBColor)> =
+        vec![("one node, SQLite (conns)".into(), &points.single, BLUE)];
+    for (i, (database, data)) in points.cluster.iter().enumerate() {
+        let label = match database.as_str() {
+            "sqlite" => "cluster, one shared SQLite file (cluster)".to_owned(),
+            "postgres" => "cluster, PostgreSQL (cluster)".to_owned(),
+            other => format!("cluster, {other} (cluster)"),
+        };
+        series.push((label, data, palette[i % palette.len()]));
+    }
     for (label, data, color) in series {
         if data.is_empty() {
             continue;
@@ -165,6 +173,7 @@ fn draw_rss(points: &Points, path: &Path) -> Result<(), String> {
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()
@@ -272,7 +281,10 @@ not json {
         let mut points = Points::default();
         points.add_text(LINES);
         assert_eq!(points.single, BTreeMap::from([(1000, 19.0)]));
-        assert_eq!(points.cluster, BTreeMap::from([(100000, 7.5)]));
+        assert_eq!(
+            points.cluster,
+            BTreeMap::from([("unknown".to_owned(), BTreeMap::from([(100000, 7.5)]))])
+        );
         // The callers=16 line has no latency figures: skipped, not plotted as zero.
         assert_eq!(
             points.commands,
