@@ -245,3 +245,38 @@ async fn graceful_stop_finishes_the_command_in_flight_then_closes_with_1001() {
         .unwrap()
         .unwrap();
 }
+
+/// `last_seen` follows the terminal's traffic: when its socket closes, the time of its last frame is stored
+/// (through the `last_seen` writer, which many disconnects share).
+#[actix_rt::test]
+async fn last_seen_is_the_last_frame_once_the_terminal_is_gone() {
+    let app = spawn_app().await;
+    let sim = SimTerminal::connect(SimConfig::new(app.ws_url("/pub/chat"), "SEEN0001"))
+        .await
+        .unwrap();
+    app.eventually("terminal online", || app.is_online("SEEN0001"))
+        .await;
+    let seen = |detail: &serde_json::Value| {
+        detail["last_seen"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let (_, detail) = app.get("/api/terminals/SEEN0001").await;
+    let at_reg = seen(&detail).expect("last_seen set at reg");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answer = sim
+        .send_logs(vec![json!({"enrollid": 7, "time": "2026-12-06 08:00:00",
+            "mode": 1, "inout": 0, "event": 0})])
+        .await
+        .unwrap();
+    assert_eq!(answer["result"], true, "{answer}");
+    sim.close().await;
+    app.eventually("last_seen moved to the last frame", || async {
+        let (_, detail) = app.get("/api/terminals/SEEN0001").await;
+        detail["online"] == false
+            && seen(&detail).is_some_and(|t| t - at_reg >= chrono::Duration::seconds(1))
+    })
+    .await;
+}
