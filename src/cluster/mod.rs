@@ -895,19 +895,7 @@ impl Cluster {
 fn coalesce(batch: &[String]) -> String {
     match batch {
         [one] => one.clone(),
-        many => {
-            let mut out =
-                String::with_capacity(many.iter().map(|t| t.len() + 1).sum::<usize>() + 2);
-            out.push('[');
-            for (i, text) in many.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(text);
-            }
-            out.push(']');
-            out
-        }
+        many => format!("[{}]", many.join(",")),
     }
 }
 
