@@ -100,6 +100,11 @@ impl Fleet {
         self.terminals.iter().flatten()
     }
 
+    /// Registered terminals whose socket has closed since.
+    pub fn dropped(&self) -> usize {
+        self.live().filter(|t| !t.is_connected()).count()
+    }
+
     /// Closes every terminal at once (close frame, then the socket) and waits for all.
     pub async fn close_all(self) {
         close_all(self.terminals.into_iter().flatten()).await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::fleet::{connect_all, serial_numbers, AddrPool, Fleet};
+use crate::fleet::{connect_all, serial_numbers, AddrPool};
 use crate::Common;
 
 pub struct HoldArgs {
@@ -78,18 +78,14 @@ pub async fn run(common: &Common, args: HoldArgs) -> Result<(), String> {
     loop {
         let line = lines.next_line().await.map_err(|e| e.to_string())?;
         match line.as_deref().map(str::trim) {
-            Some("check") => say(json!({"dropped": dropped(&fleet)})),
+            Some("check") => say(json!({"dropped": fleet.dropped()})),
             Some("stop") | None => break,
             Some(_) => {}
         }
     }
-    say(json!({"dropped": dropped(&fleet)}));
+    say(json!({"dropped": fleet.dropped()}));
     fleet.close_all().await;
     Ok(())
-}
-
-fn dropped(fleet: &Fleet) -> usize {
-    fleet.live().filter(|t| !t.is_connected()).count()
 }
 
 fn say(value: serde_json::Value) {

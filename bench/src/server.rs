@@ -323,23 +323,9 @@ impl Server {
 
     /// `GET /api/connected?scope=local`: how many devices this node itself holds.
     pub async fn local_count(&self, http: &mut HttpConn) -> Result<usize, String> {
-        #[derive(Deserialize)]
-        struct Items {
-            items: Vec<serde::de::IgnoredAny>,
-        }
-        let response = http
-            .get("/api/connected?scope=local")
-            .await
-            .map_err(|e| format!("{}: {}", e.kind(), e.message()))?;
-        if response.status != 200 {
-            return Err(format!(
-                "GET /api/connected?scope=local answered {}",
-                response.status
-            ));
-        }
-        serde_json::from_slice::<Items>(&response.body)
-            .map(|i| i.items.len())
-            .map_err(|e| format!("GET /api/connected?scope=local: bad body: {e}"))
+        let items: Vec<serde::de::IgnoredAny> =
+            connected_items(http, "/api/connected?scope=local").await?;
+        Ok(items.len())
     }
 
     /// `GET /api/connected`: (all devices listed, those whose connection started at or after `since`).
@@ -352,20 +338,7 @@ impl Server {
         struct Item {
             connected_at: Option<DateTime<Utc>>,
         }
-        #[derive(Deserialize)]
-        struct Items {
-            items: Vec<Item>,
-        }
-        let response = http
-            .get("/api/connected")
-            .await
-            .map_err(|e| format!("{}: {}", e.kind(), e.message()))?;
-        if response.status != 200 {
-            return Err(format!("GET /api/connected answered {}", response.status));
-        }
-        let items = serde_json::from_slice::<Items>(&response.body)
-            .map_err(|e| format!("GET /api/connected: bad body: {e}"))?
-            .items;
+        let items: Vec<Item> = connected_items(http, "/api/connected").await?;
         let fresh = match since {
             Some(since) => items
                 .iter()
@@ -449,6 +422,27 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// The `items` of a `GET /api/connected…` answer; any other status or body is an error naming `path`.
+async fn connected_items<T: serde::de::DeserializeOwned>(
+    http: &mut HttpConn,
+    path: &str,
+) -> Result<Vec<T>, String> {
+    #[derive(Deserialize)]
+    struct Items<T> {
+        items: Vec<T>,
+    }
+    let response = http
+        .get(path)
+        .await
+        .map_err(|e| format!("{}: {}", e.kind(), e.message()))?;
+    if response.status != 200 {
+        return Err(format!("GET {path} answered {}", response.status));
+    }
+    serde_json::from_slice::<Items<T>>(&response.body)
+        .map(|i| i.items)
+        .map_err(|e| format!("GET {path}: bad body: {e}"))
 }
 
 async fn healthy(target: &Arc<HttpTarget>, timeout: Duration) -> bool {

@@ -15,6 +15,7 @@ pub struct ErrorCounts {
 }
 
 impl ErrorCounts {
+    #[cfg(test)]
     pub fn add(&mut self, kind: impl Into<String>) {
         self.add_n(kind, 1);
     }
@@ -25,13 +26,21 @@ impl ErrorCounts {
         }
     }
 
-    /// Counts one failure and keeps `message` if it is the first of its kind.
-    pub fn add_with(&mut self, kind: impl Into<String>, message: impl Into<String>) {
+    /// Counts `n` failures of one kind and keeps `message` if it is the first of its kind (nothing when `n` is 0).
+    pub fn add_n_with(&mut self, kind: impl Into<String>, n: u64, message: impl Into<String>) {
+        if n == 0 {
+            return;
+        }
         let kind = kind.into();
         self.samples
             .entry(kind.clone())
             .or_insert_with(|| message.into());
-        self.add(kind);
+        self.add_n(kind, n);
+    }
+
+    /// Counts one failure and keeps `message` if it is the first of its kind.
+    pub fn add_with(&mut self, kind: impl Into<String>, message: impl Into<String>) {
+        self.add_n_with(kind, 1, message);
     }
 
     pub fn merge(&mut self, other: &ErrorCounts) {
@@ -228,6 +237,10 @@ mod tests {
         assert_eq!(a.to_json(), json!({"http_409": 2, "timeout": 3}));
         assert_eq!(a.lines()[0], "http_409: 2 (first: first)");
         assert_eq!(a.prefixed("storm").get("storm.timeout"), 3);
+        a.add_n_with("dropped", 0, "none");
+        a.add_n_with("dropped", 4, "4 lost");
+        assert_eq!(a.get("dropped"), 4);
+        assert!(a.lines().contains(&"dropped: 4 (first: 4 lost)".to_owned()));
     }
 
     #[test]

@@ -262,15 +262,11 @@ pub async fn run(common: &Common, args: &ClusterArgs) -> Result<Report, String> 
                 .add_with("worker_failed", format!("worker {}: {e}", i + 1)),
         }
     }
-    if dropped > 0 {
-        report.errors.add_with(
-            "dropped_while_idle",
-            format!("{dropped} terminals lost their socket"),
-        );
-        report
-            .errors
-            .add_n("dropped_while_idle", dropped as u64 - 1);
-    }
+    report.errors.add_n_with(
+        "dropped_while_idle",
+        dropped as u64,
+        format!("{dropped} terminals lost their socket"),
+    );
     for worker in &mut workers {
         if tokio::time::timeout(Duration::from_secs(60), worker.child.wait())
             .await

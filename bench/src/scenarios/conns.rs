@@ -39,16 +39,12 @@ pub async fn run(
     tokio::time::sleep(Duration::from_secs_f64(idle_secs.max(0.1))).await;
     let (wall, server_cpu, _) = window.stop(server);
 
-    let dropped = fleet.live().filter(|t| !t.is_connected()).count();
-    if dropped > 0 {
-        report.errors.add_with(
-            "dropped_while_idle",
-            format!("{dropped} terminals lost their socket while idle"),
-        );
-        report
-            .errors
-            .add_n("dropped_while_idle", dropped as u64 - 1);
-    }
+    let dropped = fleet.dropped();
+    report.errors.add_n_with(
+        "dropped_while_idle",
+        dropped as u64,
+        format!("{dropped} terminals lost their socket while idle"),
+    );
     let mut http = server.http();
     let held = match server.connected_count(&mut http).await {
         Ok(n) => {
