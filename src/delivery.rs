@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::devices::ocpp::session::OcppSession;
 use crate::devices::tm20::session::{SessionDeps, Tm20Session};
 use crate::devices::Origin;
-use crate::registry::{DeviceAddr, Lookup};
+use crate::registry::DeviceAddr;
 use crate::store::{CommandState, Store};
 
 /// A session that can run a claimed command.
@@ -136,7 +136,7 @@ async fn run(
                 &deps.events,
                 addr,
                 device,
-                *terminal_id,
+                Some(*terminal_id),
                 command,
                 origin,
             )
@@ -219,7 +219,7 @@ async fn fail(store: &Store, id: Uuid, reason: String) -> Delivered {
 /// Starts delivery for a device connected to this node, if it is (used right after a command was queued,
 /// in case the device registered in between).
 pub async fn kick(deps: Arc<SessionDeps>, device: &str) {
-    let Ok(Some(addr)) = deps.registry.send(Lookup(device.to_owned())).await else {
+    let Some(addr) = deps.sessions.lookup(device) else {
         return;
     };
     let target = match addr {

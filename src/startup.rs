@@ -126,7 +126,9 @@ impl Application {
             .map(|c| c.node_id().to_owned())
             .or_else(|| settings.node_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let registry = Registry::new(cluster.clone()).start();
+        let registry = Registry::new(cluster.clone());
+        let sessions = registry.sessions();
+        let registry = registry.start();
         let events = crate::events::EventBus::new(node_id.clone());
         let grace = settings.shutdown_grace;
         let billing = crate::billing::start(&settings.billing, &store, &events);
@@ -139,6 +141,7 @@ impl Application {
             session_deps: Arc::new(SessionDeps {
                 store,
                 registry: registry.clone(),
+                sessions,
                 settings: Arc::clone(&settings),
                 events: events.clone(),
             }),

@@ -22,7 +22,7 @@ use crate::devices::ocpp::dispatch::{self, DispatchError, Finished};
 use crate::devices::ocpp::handshake;
 use crate::devices::Origin;
 use crate::error::ApiError;
-use crate::registry::{DeviceAddr, Lookup};
+use crate::registry::DeviceAddr;
 use crate::store::ocpp::{ChargerPatch, MessageFilter};
 
 const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
@@ -408,8 +408,8 @@ pub async fn action(
         deliver_queued: queued,
         expires_at,
     };
-    let ran = match state.registry.send(Lookup(id.clone())).await {
-        Ok(Some(DeviceAddr::Ocpp(_))) => run_local(&state, &id, parsed, wait, origin).await,
+    let ran = match state.session_deps.sessions.lookup(&id) {
+        Some(DeviceAddr::Ocpp(_)) => run_local(&state, &id, parsed, wait, origin).await,
         _ => match remote_route(&state, &id).await? {
             Some(route) => {
                 let request = ForwardRequest {
@@ -482,8 +482,8 @@ async fn run_local(
     origin: Origin,
 ) -> Result<Ran, Answer> {
     let not_connected = || ApiError::NotConnected(format!("charge point {id} is not connected"));
-    let session = match state.registry.send(Lookup(id.to_owned())).await {
-        Ok(Some(DeviceAddr::Ocpp(addr))) => addr,
+    let session = match state.session_deps.sessions.lookup(id) {
+        Some(DeviceAddr::Ocpp(addr)) => addr,
         _ => return Err(not_connected().into()),
     };
     let charger = known(state, id).await?;
@@ -495,7 +495,7 @@ async fn run_local(
         id,
         charger.id,
         action,
-        origin,
+        origin.for_caller(wait),
     )
     .await
     .map_err(|err| match err {
@@ -543,10 +543,7 @@ pub(crate) async fn run_forwarded(
     request: &ForwardRequest,
 ) -> Result<Ran, Answer> {
     let action = parse(&request.command, &request.params)?;
-    let origin = Origin::New {
-        deliver_queued: request.queued,
-        expires_at: request.expires_at,
-    };
+    let origin = Origin::forwarded(request.queued, request.expires_at, request.wait);
     run_local(state, &request.sn, action, request.wait, origin).await
 }
 

@@ -18,7 +18,7 @@ use crate::devices::tm20::commands::{self, CommandError, Tm20Command, ValidatedC
 use crate::devices::tm20::dispatch::{self, DispatchError, Finished};
 use crate::devices::Origin;
 use crate::error::ApiError;
-use crate::registry::{DeviceAddr, Lookup};
+use crate::registry::DeviceAddr;
 
 /// Ceiling on how long a waiting REST call may hang if a session misbehaves; the session's own per-exchange
 /// time-out (`COMMAND_TIMEOUT`) normally answers long before.
@@ -154,9 +154,9 @@ pub async fn send(
         expires_at,
     };
 
-    let ran = match state.registry.send(Lookup(sn.clone())).await {
-        Ok(Some(DeviceAddr::Tm20(_))) => {
-            run_local(&state, &sn, validated.command, wait, origin).await
+    let ran = match state.session_deps.sessions.lookup(&sn) {
+        Some(DeviceAddr::Tm20(session)) => {
+            run_local(&state, &sn, Some(session), validated.command, wait, origin).await
         }
         _ => match remote_route(&state, &sn).await? {
             Some(route) => run_remote(&state, &sn, &route, &validated.command, wait, origin).await,
@@ -271,30 +271,19 @@ async fn offline_or_unknown(state: &AppState, sn: &str) -> Answer {
 async fn run_local(
     state: &AppState,
     sn: &str,
+    session: Option<actix::Addr<crate::devices::tm20::session::Tm20Session>>,
     command: Tm20Command,
     wait: bool,
     origin: Origin,
 ) -> Result<Ran, Answer> {
     let not_connected = || ApiError::NotConnected(format!("terminal {sn} is not connected"));
-    let session = match state.registry.send(Lookup(sn.to_owned())).await {
-        Ok(Some(DeviceAddr::Tm20(addr))) => addr,
-        _ => return Err(not_connected().into()),
-    };
-    // The session knows its row id; the database is asked only when it could not store the row at `reg`.
-    let terminal_id = match session
-        .send(crate::devices::tm20::session::GetTerminalId)
-        .await
-    {
-        Ok(Some(id)) => id,
-        _ => {
-            state
-                .store
-                .terminal_by_sn(sn)
-                .await
-                .map_err(ApiError::from)?
-                .ok_or_else(|| ApiError::NotFound(format!("terminal {sn} is unknown")))?
-                .id
-        }
+    // The caller may have looked the session up already.
+    let session = match session {
+        Some(addr) => addr,
+        None => match state.session_deps.sessions.lookup(sn) {
+            Some(DeviceAddr::Tm20(addr)) => addr,
+            _ => return Err(not_connected().into()),
+        },
     };
     let command_name = command.name();
     let (id, outcome) = dispatch::dispatch(
@@ -302,9 +291,9 @@ async fn run_local(
         &state.session_deps.events,
         &session,
         sn,
-        terminal_id,
+        None,
         command,
-        origin,
+        origin.for_caller(wait),
     )
     .await
     .map_err(|err| match err {
@@ -355,6 +344,7 @@ async fn run_remote(
             expires_at,
         } => (deliver_queued, expires_at),
         Origin::Claimed { .. } => (true, None),
+        Origin::Live { .. } => (false, None),
     };
     let request = ForwardRequest {
         correlation: Uuid::new_v4(),
@@ -430,14 +420,18 @@ pub fn executor(state: web::Data<AppState>) -> Executor {
             } else if request.kind == crate::devices::sxdm::DEVICE_KIND {
                 super::panels::run_forwarded(&state, &request).await
             } else {
-                let origin = Origin::New {
-                    deliver_queued: request.queued,
-                    expires_at: request.expires_at,
-                };
+                let origin = Origin::forwarded(request.queued, request.expires_at, request.wait);
                 match validate(&state, &request.command, &request.params) {
                     Ok(validated) => {
-                        run_local(&state, &request.sn, validated.command, request.wait, origin)
-                            .await
+                        run_local(
+                            &state,
+                            &request.sn,
+                            None,
+                            validated.command,
+                            request.wait,
+                            origin,
+                        )
+                        .await
                     }
                     Err(err) => Err(err.into()),
                 }

@@ -31,7 +31,7 @@ use crate::devices::sxdm::session::{answer_from_json, answer_json, GetStatus, Pa
 use crate::devices::sxdm::{self as sxdm, PanelAnswer, PanelCall};
 use crate::devices::{transport, Origin};
 use crate::error::ApiError;
-use crate::registry::{DeviceAddr, Lookup};
+use crate::registry::DeviceAddr;
 use crate::store::panels::PanelEntry;
 
 /// The request header naming the panel.
@@ -188,7 +188,7 @@ async fn call_anywhere(
     call: PanelCall,
     origin: Origin,
 ) -> Result<(Uuid, PanelAnswer), HttpResponse> {
-    if let Ok(Some(DeviceAddr::Sxdm(_))) = state.registry.send(Lookup(sn.to_owned())).await {
+    if let Some(DeviceAddr::Sxdm(_)) = state.session_deps.sessions.lookup(sn) {
         return call_local(state, sn, call, origin).await;
     }
     let route = remote_route(state, sn).await.map_err(api_error)?;
@@ -212,17 +212,17 @@ async fn call_local(
     call: PanelCall,
     origin: Origin,
 ) -> Result<(Uuid, PanelAnswer), HttpResponse> {
-    let Ok(Some(DeviceAddr::Sxdm(session))) = state.registry.send(Lookup(sn.to_owned())).await
-    else {
+    let Some(DeviceAddr::Sxdm(session)) = state.session_deps.sessions.lookup(sn) else {
         return Err(manager_error(403));
     };
+    // The caller always waits for a panel's answer.
     let (id, outcome) = dispatch::dispatch(
         &state.store,
         &state.session_deps.events,
         &session,
         sn,
         call,
-        origin,
+        origin.for_caller(true),
     )
     .await
     .map_err(|err| match err {
@@ -255,6 +255,7 @@ async fn call_remote(
             expires_at,
         } => (deliver_queued, expires_at),
         Origin::Claimed { .. } => (true, None),
+        Origin::Live { .. } => (false, None),
     };
     let request = ForwardRequest {
         correlation: Uuid::new_v4(),
@@ -292,10 +293,8 @@ pub(crate) async fn run_forwarded(
     let Some(call) = PanelCall::from_params(&request.params) else {
         return Err(ApiError::BadRequest("malformed forwarded panel call".into()).into());
     };
-    let origin = Origin::New {
-        deliver_queued: request.queued,
-        expires_at: request.expires_at,
-    };
+    // A panel call always waits.
+    let origin = Origin::forwarded(request.queued, request.expires_at, true);
     match call_local(state, &request.sn, call, origin).await {
         Ok((id, answer)) => Ok(Ran::Finished {
             id,
@@ -351,7 +350,7 @@ pub async fn websocket(
 async fn status_of(state: &AppState, sn: &str, node: &str) -> Value {
     let mut last = None;
     if node == state.node_id {
-        if let Ok(Some(DeviceAddr::Sxdm(addr))) = state.registry.send(Lookup(sn.to_owned())).await {
+        if let Some(DeviceAddr::Sxdm(addr)) = state.session_deps.sessions.lookup(sn) {
             last = addr
                 .send(GetStatus)
                 .await
@@ -611,7 +610,7 @@ pub async fn put(
         .await?;
     if !row.is_active {
         // Deactivating a panel takes effect now, not at its next login.
-        if let Ok(Some(DeviceAddr::Sxdm(addr))) = state.registry.send(Lookup(sn.clone())).await {
+        if let Some(DeviceAddr::Sxdm(addr)) = state.session_deps.sessions.lookup(&sn) {
             addr.do_send(crate::devices::CloseSession {
                 code: actix_ws::CloseCode::Policy,
                 reason: "panel deactivated".into(),
@@ -723,8 +722,8 @@ pub async fn request(
         expires_at,
     };
     let online = matches!(
-        state.registry.send(Lookup(sn.clone())).await,
-        Ok(Some(DeviceAddr::Sxdm(_)))
+        state.session_deps.sessions.lookup(&sn),
+        Some(DeviceAddr::Sxdm(_))
     ) || remote_route(&state, &sn)
         .await?
         .is_some_and(|r| r.protocol == sxdm::PROTOCOL);

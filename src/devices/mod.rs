@@ -84,6 +84,11 @@ pub enum Origin {
     },
     /// A queued command this node claimed for delivery; its row exists.
     Claimed { id: uuid::Uuid, token: uuid::Uuid },
+    /// A plain command whose caller waits for the outcome: its row is held in memory (where reads find it)
+    /// and written once, when it finishes, behind the answer. Three commits per command (requested, sent,
+    /// finished), each awaited, were most of a command's cost. `shared`: the caller is on another node, which
+    /// reads the database, not our memory: the row is committed before the answer goes back.
+    Live { shared: bool },
 }
 
 impl Origin {
@@ -95,18 +100,50 @@ impl Origin {
         }
     }
 
+    /// The origin of a command run on a connected device: [`Origin::Live`] when the caller waits for a plain
+    /// command's outcome. A `wait=false` caller gets an id to poll, possibly on another node: its row is
+    /// written before the 202, as is a queued-delivery command's.
+    pub fn for_caller(self, wait: bool) -> Self {
+        match self {
+            Origin::New {
+                deliver_queued: false,
+                expires_at: None,
+            } if wait => Origin::Live { shared: false },
+            other => other,
+        }
+    }
+
+    /// The origin of a command another node forwarded to us: like [`Self::for_caller`], but a live row is
+    /// committed before the answer (the other node's caller may read it from the database at once).
+    pub fn forwarded(
+        deliver_queued: bool,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        wait: bool,
+    ) -> Self {
+        match (Origin::New {
+            deliver_queued,
+            expires_at,
+        })
+        .for_caller(wait)
+        {
+            Origin::Live { .. } => Origin::Live { shared: true },
+            other => other,
+        }
+    }
+
     /// Whether the row goes back to the queue when the device drops mid-command.
     pub fn requeues(&self) -> bool {
         match self {
             Origin::New { deliver_queued, .. } => *deliver_queued,
             Origin::Claimed { .. } => true,
+            Origin::Live { .. } => false,
         }
     }
 
     pub fn token(&self) -> Option<uuid::Uuid> {
         match self {
             Origin::Claimed { token, .. } => Some(*token),
-            Origin::New { .. } => None,
+            Origin::New { .. } | Origin::Live { .. } => None,
         }
     }
 }
@@ -149,6 +186,13 @@ pub fn disconnect_reason(code: actix_ws::CloseCode, reason: &str) -> &'static st
     }
 }
 
+/// A new command's id: time-ordered (UUIDv7), so the audit trail's primary-key index grows at its right edge
+/// instead of dirtying a random leaf page per command (random v4 ids made every batch write a page per row
+/// to SQLite's WAL).
+fn command_id() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
 /// The audit row of a command about to be queued on a session: inserted for a new command, the existing one
 /// for a claimed queued command. Returns its id.
 ///
@@ -167,7 +211,7 @@ pub(crate) async fn command_row(
             deliver_queued,
             expires_at,
         } => {
-            let id = uuid::Uuid::new_v4();
+            let id = command_id();
             store
                 .insert_command(crate::store::NewCommand {
                     id,
@@ -179,6 +223,22 @@ pub(crate) async fn command_row(
                     expires_at,
                 })
                 .await?;
+            Ok(id)
+        }
+        Origin::Live { shared } => {
+            let id = command_id();
+            store.begin_live_command(
+                crate::store::NewCommand {
+                    id,
+                    device_kind,
+                    device: device.to_owned(),
+                    command: command.to_owned(),
+                    params,
+                    deliver_queued: false,
+                    expires_at: None,
+                },
+                shared,
+            );
             Ok(id)
         }
         Origin::Claimed { id, .. } => Ok(id),

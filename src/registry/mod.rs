@@ -8,6 +8,7 @@
 //!   session cannot remove its successor (locally by connection id, in Redis by epoch).
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -84,11 +85,46 @@ pub struct ConnectionInfo {
     pub connected_at: DateTime<Utc>,
 }
 
+/// serial number → current session. Written only by the [`Registry`] actor; read by anyone through
+/// [`Sessions`].
+type HeldMap = Arc<RwLock<HashMap<String, Held>>>;
+
+/// The read side of the registry: finds a device's session without a message to the registry actor. A
+/// REST command used to send `Lookup` to the actor, usually on another thread, and wait for its answer: two
+/// thread hand-offs per command for a map read. Writes stay with the actor, which keeps its invariants.
+#[derive(Clone)]
+pub struct Sessions(HeldMap);
+
+impl Sessions {
+    /// The current session of `sn`.
+    pub fn lookup(&self, sn: &str) -> Option<DeviceAddr> {
+        read(&self.0).get(sn).map(|held| held.entry.addr.clone())
+    }
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+// Each write is one insert or remove: a panic elsewhere while holding the lock cannot leave the map
+// half-changed, so a poisoned lock is still usable.
+fn read(map: &HeldMap) -> RwLockReadGuard<'_, HashMap<String, Held>> {
+    map.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write(map: &HeldMap) -> RwLockWriteGuard<'_, HashMap<String, Held>> {
+    map.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Owned by `startup::Application`; lives as long as the node.
 pub struct Registry {
     /// serial number → current session. Entries are removed only by a matching `Unregister`, a takeover
     /// from another node, or shutdown.
-    devices: HashMap<String, Held>,
+    devices: HeldMap,
     cluster: Option<Cluster>,
     /// Sockets held per protocol, for the `gatehouse_devices_connected` gauge (kept incrementally).
     per_kind: HashMap<&'static str, i64>,
@@ -97,7 +133,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(cluster: Option<Cluster>) -> Self {
         let mut registry = Registry {
-            devices: HashMap::new(),
+            devices: HeldMap::default(),
             cluster,
             per_kind: HashMap::new(),
         };
@@ -112,6 +148,11 @@ impl Registry {
         registry
     }
 
+    /// The read side, for REST handlers.
+    pub fn sessions(&self) -> Sessions {
+        Sessions(self.devices.clone())
+    }
+
     fn count(&mut self, protocol: &'static str, delta: i64) {
         let n = self.per_kind.entry(protocol).or_insert(0);
         *n += delta;
@@ -124,14 +165,16 @@ impl Registry {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
-        let current = self
-            .devices
+        let devices = self.devices.clone();
+        let mut map = write(&devices);
+        let current = map
             .get_mut(&sn)
             .filter(|held| held.entry.conn_id == conn_id);
         match (current, claim) {
             (Some(held), Ok(Claim::Owned(epoch))) => {
                 let first = held.epoch.is_none();
                 held.epoch = Some(epoch);
+                drop(map);
                 if first {
                     let node = cluster.node_id().to_owned();
                     cluster.queue_event(&ClusterEvent::Registered { sn, node, epoch });
@@ -139,7 +182,9 @@ impl Registry {
             }
             (Some(_), Ok(Claim::Lost { node, epoch })) => {
                 tracing::info!(sn = %sn, node = %node, epoch, "a newer connection on another node holds this device");
-                if let Some(held) = self.devices.remove(&sn) {
+                let removed = map.remove(&sn);
+                drop(map);
+                if let Some(held) = removed {
                     self.count(held.entry.info.protocol, -1);
                     held.entry.addr.close(
                         CloseCode::Policy,
@@ -219,11 +264,6 @@ pub struct Unregister {
     pub conn_id: ConnId,
 }
 
-/// Finds the current session of a serial number.
-#[derive(Message)]
-#[rtype(result = "Option<DeviceAddr>")]
-pub struct Lookup(pub String);
-
 /// Lists every connected device of this node.
 #[derive(Message)]
 #[rtype(result = "Vec<ConnectionInfo>")]
@@ -265,7 +305,8 @@ impl Handler<Register> for Registry {
         metrics::counter!("gatehouse_registrations_total", "kind" => kind_label(info.protocol))
             .increment(1);
         self.count(info.protocol, 1);
-        let replaced = match self.devices.insert(sn.clone(), Held { entry, epoch: None }) {
+        let old = write(&self.devices).insert(sn.clone(), Held { entry, epoch: None });
+        let replaced = match old {
             Some(old) if old.entry.conn_id != conn_id => {
                 self.count(old.entry.info.protocol, -1);
                 tracing::info!(sn = %sn, old_conn = old.entry.conn_id, conn_id, "replacing the older connection of this serial number");
@@ -282,7 +323,7 @@ impl Handler<Register> for Registry {
             None => false,
         };
         if let Some(cluster) = &self.cluster {
-            cluster.set_local_devices(self.devices.len());
+            cluster.set_local_devices(read(&self.devices).len());
         }
         // A new connection always takes a new epoch; the old local one's route is simply overwritten.
         self.claim(ctx, vec![(info, conn_id, 0)]);
@@ -295,28 +336,20 @@ impl Handler<Unregister> for Registry {
 
     /// Removes the entry only when the connection ids match, and releases its route.
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        if self
-            .devices
-            .get(&msg.sn)
-            .is_some_and(|held| held.entry.conn_id == msg.conn_id)
-        {
-            if let Some(held) = self.devices.remove(&msg.sn) {
-                self.count(held.entry.info.protocol, -1);
-                self.release(msg.sn, held.epoch);
-            }
+        let (removed, left) = {
+            let mut map = write(&self.devices);
+            let current = map
+                .get(&msg.sn)
+                .is_some_and(|held| held.entry.conn_id == msg.conn_id);
+            (current.then(|| map.remove(&msg.sn)).flatten(), map.len())
+        };
+        if let Some(held) = removed {
+            self.count(held.entry.info.protocol, -1);
+            self.release(msg.sn, held.epoch);
             if let Some(cluster) = &self.cluster {
-                cluster.set_local_devices(self.devices.len());
+                cluster.set_local_devices(left);
             }
         }
-    }
-}
-
-impl Handler<Lookup> for Registry {
-    type Result = Option<DeviceAddr>;
-
-    /// Returns the current session's address.
-    fn handle(&mut self, Lookup(sn): Lookup, _: &mut Context<Self>) -> Option<DeviceAddr> {
-        self.devices.get(&sn).map(|held| held.entry.addr.clone())
     }
 }
 
@@ -325,8 +358,7 @@ impl Handler<ListConnected> for Registry {
 
     /// Snapshot of every entry, ordered by serial number.
     fn handle(&mut self, _: ListConnected, _: &mut Context<Self>) -> Vec<ConnectionInfo> {
-        let mut list: Vec<ConnectionInfo> = self
-            .devices
+        let mut list: Vec<ConnectionInfo> = read(&self.devices)
             .values()
             .map(|held| held.entry.info.clone())
             .collect();
@@ -340,19 +372,20 @@ impl Handler<RemoteRegistered> for Registry {
 
     /// Closes the local connection when the remote one is newer.
     fn handle(&mut self, msg: RemoteRegistered, _: &mut Context<Self>) {
-        let older = self
-            .devices
-            .get(&msg.sn)
-            .is_some_and(|held| held.epoch.is_some_and(|epoch| epoch < msg.epoch));
-        if older {
+        let removed = {
+            let mut map = write(&self.devices);
+            let older = map
+                .get(&msg.sn)
+                .is_some_and(|held| held.epoch.is_some_and(|epoch| epoch < msg.epoch));
+            older.then(|| map.remove(&msg.sn)).flatten()
+        };
+        if let Some(held) = removed {
             tracing::info!(sn = %msg.sn, node = %msg.node, "device reconnected to another node; closing the local socket");
-            if let Some(held) = self.devices.remove(&msg.sn) {
-                self.count(held.entry.info.protocol, -1);
-                held.entry.addr.close(
-                    CloseCode::Policy,
-                    format!("replaced by a newer connection on node {}", msg.node),
-                );
-            }
+            self.count(held.entry.info.protocol, -1);
+            held.entry.addr.close(
+                CloseCode::Policy,
+                format!("replaced by a newer connection on node {}", msg.node),
+            );
         }
     }
 }
@@ -362,8 +395,7 @@ impl Handler<RefreshRoutes> for Registry {
 
     /// Re-claims every local route with its known epoch (0 when the first claim never reached Redis).
     fn handle(&mut self, _: RefreshRoutes, ctx: &mut Context<Self>) {
-        let targets = self
-            .devices
+        let targets = read(&self.devices)
             .values()
             .map(|held| {
                 (
@@ -381,7 +413,7 @@ impl Handler<HeldRoutes> for Registry {
     type Result = Vec<(String, Option<u64>)>;
 
     fn handle(&mut self, _: HeldRoutes, _: &mut Context<Self>) -> Self::Result {
-        self.devices
+        read(&self.devices)
             .iter()
             .map(|(sn, held)| (sn.clone(), held.epoch))
             .collect()
@@ -394,7 +426,7 @@ impl Handler<Shutdown> for Registry {
     /// Asks every session to finish its command in flight and close with 1001, waits for them (at most the
     /// grace period plus a second), then removes whatever routes are left.
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
-        for held in self.devices.values() {
+        for held in read(&self.devices).values() {
             held.entry.addr.drain(msg.grace);
         }
         let me = ctx.address();

@@ -8,6 +8,7 @@
 //! [`GroupWriter`]).
 
 use std::future::Future;
+use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +28,27 @@ pub(crate) trait GroupOp: Send + Sync + 'static {
         &'a self,
         txn: &'a DatabaseTransaction,
     ) -> impl Future<Output = Result<Self::Out, DbErr>> + Send + 'a;
+
+    /// Called once the write is committed, or has failed for good (a write behind has no caller to tell).
+    fn settled(&self) {}
+
+    /// Applies a batch, in order, one outcome per write. The default applies each on its own; a kind of write
+    /// can fold several into one statement (every statement is a round trip to the database's thread).
+    fn apply_all<'a>(
+        ops: &'a [&'a Self],
+        txn: &'a DatabaseTransaction,
+    ) -> impl Future<Output = Result<Vec<Self::Out>, DbErr>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move {
+            let mut outs = Vec::with_capacity(ops.len());
+            for op in ops {
+                outs.push(op.apply(txn).await?);
+            }
+            Ok(outs)
+        }
+    }
 }
 
 struct Job<Op: GroupOp> {
@@ -72,18 +94,43 @@ impl<Op: GroupOp> GroupWriter<Op> {
         max_weight: usize,
         queue: usize,
     ) -> GroupWriter<Op> {
+        Self::start_lingering(db, name, max_weight, queue, Duration::ZERO)
+    }
+
+    /// [`Self::start`], and a transaction of writes nobody waits for (see [`Self::write_behind`]) waits up
+    /// to `linger` for more to fill it: each commit rewrites every page it touched, so fewer, fuller commits
+    /// write less (a waiting caller's write ends the wait at once).
+    pub(crate) fn start_lingering(
+        db: DatabaseConnection,
+        name: &'static str,
+        max_weight: usize,
+        queue: usize,
+        linger: Duration,
+    ) -> GroupWriter<Op> {
         let (tx, rx) = mpsc::channel(queue);
         let direct = (db.get_database_backend() != DbBackend::Sqlite).then(|| db.clone());
-        if direct.is_none() {
-            tokio::spawn(run(db, rx, name, max_weight));
-        }
+        // On PostgreSQL the task serves writes behind (nobody waits on them, so sharing a transaction costs
+        // no one a round trip).
+        tokio::spawn(run(db, rx, name, max_weight, linger));
         GroupWriter { tx, name, direct }
+    }
+
+    /// Queues `op` without waiting for its commit: it shares the next transaction with whatever else is
+    /// waiting, on either database. Waits only for room in the queue (back-pressure).
+    pub(crate) async fn write_behind(&self, op: Op) -> Result<(), StoreError> {
+        let (done, _) = oneshot::channel();
+        self.tx
+            .send(Job { op, done })
+            .await
+            .map_err(|_| StoreError::Db(DbErr::Custom(format!("the {} writer stopped", self.name))))
     }
 
     /// Applies `op`, returning its outcome once it is committed.
     pub(crate) async fn write(&self, op: Op) -> Result<Op::Out, StoreError> {
         if let Some(db) = &self.direct {
-            let mut outs = apply(db, std::iter::once(&op)).await?;
+            let applied = apply(db, std::iter::once(&op)).await;
+            op.settled();
+            let mut outs = applied?;
             return outs
                 .pop()
                 .ok_or_else(|| StoreError::Db(DbErr::Custom("no outcome".into())));
@@ -100,6 +147,7 @@ async fn run<Op: GroupOp>(
     mut rx: mpsc::Receiver<Job<Op>>,
     name: &'static str,
     max_weight: usize,
+    linger: Duration,
 ) {
     let mut batch: Vec<Job<Op>> = Vec::new();
     // A write that did not fit the last transaction opens the next one.
@@ -127,12 +175,33 @@ async fn run<Op: GroupOp>(
                 Err(_) => break,
             }
         }
+        if !linger.is_zero() && carried.is_none() && batch.iter().all(|j| j.done.is_closed()) {
+            let deadline = tokio::time::Instant::now() + linger;
+            while weight < max_weight {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(job)) if weight + job.op.weight() > max_weight => {
+                        carried = Some(job);
+                        break;
+                    }
+                    Ok(Some(job)) => {
+                        let waited_for = !job.done.is_closed();
+                        weight += job.op.weight();
+                        batch.push(job);
+                        if waited_for {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
         metrics::histogram!("gatehouse_group_commit_writes", "writer" => name)
             .record(batch.len() as f64);
         let started = std::time::Instant::now();
         match apply(&db, batch.iter().map(|j| &j.op)).await {
             Ok(outs) => {
                 for (job, out) in batch.drain(..).zip(outs) {
+                    job.op.settled();
                     let _ = job.done.send(Ok(out));
                 }
             }
@@ -147,11 +216,17 @@ async fn run<Op: GroupOp>(
                         Ok(None) => Err(DbErr::Custom("no outcome".into())),
                         Err(err) => Err(err),
                     };
+                    if let Err(err) = &result {
+                        tracing::error!(writer = name, %err, "a write failed");
+                    }
+                    job.op.settled();
                     let _ = job.done.send(result);
                 }
             }
             Err(err) => {
+                tracing::error!(writer = name, %err, "a write failed");
                 for job in batch.drain(..) {
+                    job.op.settled();
                     let _ = job.done.send(Err(DbErr::Custom(err.to_string())));
                 }
             }
@@ -165,11 +240,9 @@ async fn apply<'a, Op: GroupOp>(
     db: &DatabaseConnection,
     ops: impl Iterator<Item = &'a Op>,
 ) -> Result<Vec<Op::Out>, DbErr> {
+    let ops: Vec<&Op> = ops.collect();
     let txn = db.begin().await?;
-    let mut outs = Vec::new();
-    for op in ops {
-        outs.push(op.apply(&txn).await?);
-    }
+    let outs = Op::apply_all(&ops, &txn).await?;
     txn.commit().await?;
     Ok(outs)
 }

@@ -11,7 +11,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -38,6 +39,8 @@ pub struct Store {
     db: DatabaseConnection,
     /// Group commit of the command audit trail (see [`audit`]).
     audit: audit::AuditWriter,
+    /// Rows of finished live commands, written behind their answers (see [`crate::devices::Origin::Live`]).
+    records: audit::AuditWriter,
     /// Group commit of attendance batches (see [`LogBatch`]).
     logs: group::GroupWriter<LogBatch>,
     /// Group commit of terminal registrations (see [`Registration`]).
@@ -47,6 +50,9 @@ pub struct Store {
     /// Group commit of the OCPP message log and of meter values.
     ocpp_log: group::GroupWriter<ocpp::MessageLogEntry>,
     meters: group::GroupWriter<ocpp::MeterBatch>,
+    /// Live commands in flight (see [`crate::devices::Origin::Live`]): their rows until they finish and are
+    /// written. Short critical sections only; never held across an await.
+    live_commands: audit::LiveCommands,
 }
 
 /// Rows per INSERT statement: keeps far below SQLite's bound-parameter limit (11 columns per log row).
@@ -55,6 +61,47 @@ const INSERT_CHUNK: usize = 500;
 const LOG_GROUP_ROWS: usize = 5_000;
 /// Attendance batches that may wait for the writer (each is one terminal waiting for its ack).
 const LOG_GROUP_QUEUE: usize = 1_024;
+
+/// Pool settings; `max` connections.
+fn connect_options(url: &str, max: u32, durable: bool) -> ConnectOptions {
+    let synchronous = if durable {
+        sea_orm::sqlx::sqlite::SqliteSynchronous::Full
+    } else {
+        sea_orm::sqlx::sqlite::SqliteSynchronous::Normal
+    };
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false)
+        // Durability, set on every connection (`synchronous` is per connection): with WAL and
+        // synchronous=FULL a commit is on disk before we acknowledge the device, so neither a killed process
+        // nor a power cut loses an acknowledged record. NORMAL would survive a killed process but could
+        // lose the last commits on power loss. The price is one fsync per committed batch, not per record.
+        // Only writes that nobody is told are stored (see `records`) use NORMAL.
+        .map_sqlx_sqlite_opts(move |opts| {
+            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(synchronous)
+        });
+    options
+}
+
+/// The connection a group writer commits on. On SQLite, one of its own for the life of the process: SQLite
+/// drops a connection's page cache whenever another connection has written since its last transaction, so
+/// a writer taking whichever pooled connection is free (the pool hands them out in turn) started every batch
+/// with a cold cache and re-read its B-tree pages from the WAL. On PostgreSQL, the shared pool.
+async fn writer_connection(
+    url: &str,
+    pool: &DatabaseConnection,
+    durable: bool,
+) -> Result<DatabaseConnection, StoreError> {
+    if pool.get_database_backend() != DbBackend::Sqlite {
+        return Ok(pool.clone());
+    }
+    Ok(Database::connect(connect_options(url, 1, durable)).await?)
+}
 
 /// A terminal's `reg`: its row is created, or its model, firmware and devinfo refreshed (what is absent is
 /// kept), and `last_seen` set.
@@ -178,45 +225,63 @@ impl Store {
     /// # Errors
     /// When the database cannot be reached or opened.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let mut options = ConnectOptions::new(url.to_owned());
-        options
-            .max_connections(16)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10))
-            .sqlx_logging(false)
-            // Durability, set on every pooled connection (`synchronous` is per connection): with WAL and
-            // synchronous=FULL a commit is on disk before we acknowledge the device, so neither a killed process
-            // nor a power cut loses an acknowledged record. NORMAL would survive a killed process but could
-            // lose the last commits on power loss. The price is one fsync per committed batch, not per record.
-            .map_sqlx_sqlite_opts(|opts| {
-                opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
-            });
-        let db = Database::connect(options).await?;
-        let audit =
-            audit::AuditWriter::start(db.clone(), "command_audit", audit::MAX_BATCH, audit::QUEUE);
+        let db = Database::connect(connect_options(url, 16, true)).await?;
+        let audit = audit::AuditWriter::start(
+            writer_connection(url, &db, true).await?,
+            "command_audit",
+            audit::MAX_BATCH,
+            audit::QUEUE,
+        );
+        // Rows of finished live commands, written behind their answers: no fsync per commit (SQLite
+        // synchronous=NORMAL, PostgreSQL synchronous_commit=off for these transactions). A killed process
+        // loses none that were committed; a power cut may lose the last ones, like the rows still queued.
+        let records = audit::AuditWriter::start_lingering(
+            writer_connection(url, &db, false).await?,
+            "command_records",
+            audit::MAX_BATCH,
+            audit::QUEUE,
+            audit::RECORD_LINGER,
+        );
         let logs = group::GroupWriter::start(
-            db.clone(),
+            writer_connection(url, &db, true).await?,
             "attendance_logs",
             LOG_GROUP_ROWS,
             LOG_GROUP_QUEUE,
         );
-        let registrations =
-            group::GroupWriter::start(db.clone(), "registrations", 512, LOG_GROUP_QUEUE);
-        let touches =
-            group::GroupWriter::start(db.clone(), "terminal_last_seen", 512, LOG_GROUP_QUEUE);
-        let ocpp_log = group::GroupWriter::start(db.clone(), "ocpp_messages", 512, LOG_GROUP_QUEUE);
-        let meters =
-            group::GroupWriter::start(db.clone(), "meter_values", LOG_GROUP_ROWS, LOG_GROUP_QUEUE);
+        let registrations = group::GroupWriter::start(
+            writer_connection(url, &db, true).await?,
+            "registrations",
+            512,
+            LOG_GROUP_QUEUE,
+        );
+        let touches = group::GroupWriter::start(
+            writer_connection(url, &db, true).await?,
+            "terminal_last_seen",
+            512,
+            LOG_GROUP_QUEUE,
+        );
+        let ocpp_log = group::GroupWriter::start(
+            writer_connection(url, &db, true).await?,
+            "ocpp_messages",
+            512,
+            LOG_GROUP_QUEUE,
+        );
+        let meters = group::GroupWriter::start(
+            writer_connection(url, &db, true).await?,
+            "meter_values",
+            LOG_GROUP_ROWS,
+            LOG_GROUP_QUEUE,
+        );
         Ok(Store {
             db,
             audit,
+            records,
             logs,
             registrations,
             touches,
             ocpp_log,
             meters,
+            live_commands: audit::LiveCommands::default(),
         })
     }
 
@@ -578,9 +643,59 @@ impl Store {
             .await
     }
 
+    /// Holds a live command's row in memory until [`Self::finish_command`] writes it (see
+    /// [`crate::devices::Origin::Live`]).
+    pub(crate) fn begin_live_command(&self, row: NewCommand, shared: bool) {
+        let model = command::Model {
+            id: row.id,
+            device_kind: row.device_kind.to_owned(),
+            device: row.device,
+            command: row.command,
+            params: row.params,
+            state: CommandState::Queued.as_str().to_owned(),
+            reply: None,
+            error: None,
+            requested_at: Utc::now(),
+            sent_at: None,
+            finished_at: None,
+            deliver_queued: false,
+            expires_at: None,
+            claim_token: None,
+            claimed_at: None,
+        };
+        self.live()
+            .insert(row.id, audit::LiveRow { row: model, shared });
+    }
+
+    /// Live commands in flight for `device` in `state` (either filter optional).
+    pub(crate) fn live_commands_matching(
+        &self,
+        device: Option<&str>,
+        state: Option<&str>,
+    ) -> Vec<command::Model> {
+        self.live()
+            .values()
+            .map(|live| &live.row)
+            .filter(|row| device.is_none_or(|d| row.device == d))
+            .filter(|row| state.is_none_or(|s| row.state == s))
+            .cloned()
+            .collect()
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, audit::LiveRow>> {
+        audit::lock(&self.live_commands)
+    }
+
     /// # Errors
     /// On a database failure.
     pub async fn mark_command_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        if let Some(row) = self.live().get_mut(&id).map(|live| &mut live.row) {
+            if row.state == CommandState::Queued.as_str() {
+                row.state = CommandState::Sent.as_str().to_owned();
+                row.sent_at = Some(at);
+            }
+            return Ok(());
+        }
         self.audit.write(audit::AuditOp::Sent { id, at }).await
     }
 
@@ -593,6 +708,23 @@ impl Store {
         reply: Option<Value>,
         error: Option<String>,
     ) -> Result<(), StoreError> {
+        let live = self.live().get_mut(&id).map(|live| {
+            let row = &mut live.row;
+            row.state = state.as_str().to_owned();
+            row.reply.clone_from(&reply);
+            row.error.clone_from(&error);
+            row.finished_at = Some(Utc::now());
+            (row.clone(), live.shared)
+        });
+        if let Some((row, shared)) = live {
+            // Readers find the row in memory until it is committed.
+            let record = audit::AuditOp::Record(Box::new(row), self.live_commands.clone());
+            return if shared {
+                self.records.write(record).await
+            } else {
+                self.records.write_behind(record).await
+            };
+        }
         self.audit
             .write(audit::AuditOp::Finish {
                 id,
@@ -607,6 +739,9 @@ impl Store {
     /// # Errors
     /// On a database failure.
     pub async fn command(&self, id: Uuid) -> Result<Option<command::Model>, StoreError> {
+        if let Some(live) = self.live().get(&id) {
+            return Ok(Some(live.row.clone()));
+        }
         Ok(command::Entity::find_by_id(id).one(&self.db).await?)
     }
 }

@@ -50,11 +50,24 @@ impl Store {
         if let Some(state) = state {
             query = query.filter(command::Column::State.eq(state));
         }
-        Ok(query
+        let mut rows = query
             .order_by_desc(command::Column::RequestedAt)
             .limit(limit)
             .all(&self.db)
-            .await?)
+            .await?;
+        // Live commands in flight are not written yet (see `crate::devices::Origin::Live`). One that finished
+        // between the read above and this look may be in both: keep the stored row.
+        let live: Vec<command::Model> = self
+            .live_commands_matching(device, state)
+            .into_iter()
+            .filter(|row| !rows.iter().any(|stored| stored.id == row.id))
+            .collect();
+        if !live.is_empty() {
+            rows.extend(live);
+            rows.sort_by_key(|row| std::cmp::Reverse(row.requested_at));
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        Ok(rows)
     }
 
     /// Cancels a command that is still waiting (not claimed by a delivering node).

@@ -81,6 +81,15 @@ async fn command_via_node_b_reaches_device_on_node_a() {
     assert_eq!(body["ignored"], json!(["delay"]));
     assert_eq!(sim.state().door_opened, 1);
     assert_eq!(sim.state().commands_received.last().unwrap()["doornum"], 2);
+    // The owner commits the row before answering a forwarded call: the caller's node reads it at once.
+    let (status, row) = b
+        .get(&format!("/api/commands/{}", body["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (status, row["state"].as_str()),
+        (200, Some("succeeded")),
+        "{row}"
+    );
 
     // A paged read across nodes comes back merged, exactly as locally.
     let (status, body) = b.command("CL00001", "getuserlist", json!({})).await;

@@ -369,3 +369,78 @@ async fn commands_to_one_terminal_run_one_at_a_time_in_order() {
         );
     }
 }
+
+/// A waiting caller's command is written once, when it finishes (behind the answer): while the terminal has
+/// not answered it is listed and readable from memory as `sent`, and once answered its whole row reaches the
+/// database.
+#[actix_rt::test]
+async fn a_live_command_is_visible_in_flight_and_stored_once_answered() {
+    let app = spawn_app().await;
+    let mut terminal =
+        crate::helpers::RawTerminal::register(&app.ws_url("/pub/chat"), "LIVE001").await;
+    app.eventually("terminal online", || app.is_online("LIVE001"))
+        .await;
+    let caller = app.post(
+        "/api/terminals/LIVE001/command",
+        json!({"command":"getusername","params":{"enrollid": 7}}),
+    );
+    let device = async {
+        let sent = terminal.recv_json().await;
+        assert_eq!(sent["cmd"], "getusername");
+
+        let (status, listed) = app.get("/api/commands?device=LIVE001").await;
+        assert_eq!(status, 200, "{listed}");
+        let items = listed["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{listed}");
+        assert_eq!(items[0]["state"], "sent", "{listed}");
+        let id = items[0]["id"].as_str().unwrap().to_owned();
+        let (status, row) = app.get(&format!("/api/commands/{id}")).await;
+        assert_eq!(
+            (status, row["state"].as_str()),
+            (200, Some("sent")),
+            "{row}"
+        );
+        let (_, succeeded) = app
+            .get("/api/commands?device=LIVE001&state=succeeded")
+            .await;
+        assert_eq!(succeeded["items"], json!([]), "{succeeded}");
+
+        terminal
+            .send(&json!({"ret":"getusername","result":true,"record":"Seven"}).to_string())
+            .await;
+        id
+    };
+    let ((status, answer), id) = futures_util::join!(caller, device);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["id"], id.as_str());
+
+    // Read from the database itself, not through the node's memory: the row is written behind the answer.
+    use sea_orm::EntityTrait;
+    let db = app.db().await;
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    app.eventually("the finished command is stored", || {
+        let db = &db;
+        async move {
+            entity::command::Entity::find_by_id(uuid)
+                .one(db)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    })
+    .await;
+    let stored = entity::command::Entity::find_by_id(uuid)
+        .one(&db)
+        .await
+        .unwrap()
+        .expect("the finished command is stored");
+    assert_eq!(stored.state, "succeeded");
+    assert_eq!(stored.command, "getusername");
+    assert_eq!(stored.params["enrollid"], 7);
+    assert_eq!(stored.reply.as_ref().unwrap()["record"], "Seven");
+    assert!(stored.sent_at.is_some() && stored.finished_at.is_some());
+    let (_, listed) = app
+        .get("/api/commands?device=LIVE001&state=succeeded")
+        .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+}

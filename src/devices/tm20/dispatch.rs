@@ -39,7 +39,7 @@ pub async fn dispatch(
     events: &crate::events::EventBus,
     session: &actix::Addr<Tm20Session>,
     sn: &str,
-    terminal_id: i32,
+    terminal_id: Option<i32>,
     command: Tm20Command,
     origin: Origin,
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
@@ -60,8 +60,12 @@ pub async fn dispatch(
         exchange: Exchange::new(command.clone()),
         events: events_tx,
     };
+    let mut terminal_id = terminal_id;
     let rejection = match session.send(SendCommand(queued)).await {
-        Ok(Ok(())) => None,
+        Ok(Ok(known)) => {
+            terminal_id = terminal_id.or(known);
+            None
+        }
         Ok(Err(CommandRejected::QueueFull)) => Some(DispatchError::QueueFull(sn.to_owned())),
         Ok(Err(CommandRejected::NotRegistered)) | Err(_) => {
             Some(DispatchError::NotConnected(sn.to_owned()))
@@ -93,7 +97,7 @@ async fn track(
     events: crate::events::EventBus,
     sn: String,
     id: Uuid,
-    terminal_id: i32,
+    terminal_id: Option<i32>,
     command: Arc<Tm20Command>,
     origin: Origin,
     mut progress: mpsc::Receiver<CommandEvent>,
@@ -135,7 +139,9 @@ async fn track(
         Finished::Replied { result, reply } => {
             let mut error = None;
             if *result {
-                if let Err(err) = store_read_results(&store, terminal_id, &command, reply).await {
+                if let Err(err) =
+                    store_read_results(&store, &sn, terminal_id, &command, reply).await
+                {
                     tracing::error!(%id, %err, "could not store what a read command returned");
                     error = Some(format!("reply received but not stored: {err}"));
                 }
@@ -190,10 +196,25 @@ async fn track(
 /// Users and logs read from a terminal are stored like the ones it pushes.
 async fn store_read_results(
     store: &Store,
-    terminal_id: i32,
+    sn: &str,
+    terminal_id: Option<i32>,
     command: &Tm20Command,
     reply: &Value,
 ) -> Result<(), crate::store::StoreError> {
+    if !matches!(
+        command.name(),
+        "getuserlist" | "getnewlog" | "getalllog" | "getdevinfo"
+    ) {
+        return Ok(());
+    }
+    // The session did not know its row id (its registration write failed): look it up.
+    let terminal_id = match terminal_id {
+        Some(id) => id,
+        None => match store.terminal_by_sn(sn).await? {
+            Some(row) => row.id,
+            None => return Ok(()),
+        },
+    };
     let records = reply.get("record").and_then(Value::as_array);
     match (command.name(), records) {
         ("getuserlist", Some(records)) => {

@@ -36,6 +36,8 @@ const MAX_CONSECUTIVE_BAD_FRAMES: u32 = 50;
 pub struct SessionDeps {
     pub store: Store,
     pub registry: Addr<Registry>,
+    /// The registry's read side: a device's session without a message to the registry.
+    pub sessions: crate::registry::Sessions,
     pub settings: Arc<Settings>,
     pub events: crate::events::EventBus,
 }
@@ -93,26 +95,11 @@ impl QueuedCommand {
     }
 }
 
-/// Queues a command on this terminal.
+/// Queues a command on this terminal; answers the terminal's row id when the session knows it (saves the
+/// REST path a database read or another message per command).
 #[derive(Message)]
-#[rtype(result = "Result<(), CommandRejected>")]
+#[rtype(result = "Result<Option<i32>, CommandRejected>")]
 pub struct SendCommand(pub QueuedCommand);
-
-/// The terminal's row id, when registered and stored (saves the REST path a database read per command).
-#[derive(Message)]
-#[rtype(result = "Option<i32>")]
-pub struct GetTerminalId;
-
-impl Handler<GetTerminalId> for Tm20Session {
-    type Result = Option<i32>;
-
-    fn handle(&mut self, _: GetTerminalId, _: &mut Context<Self>) -> Option<i32> {
-        match &self.phase {
-            Phase::Registered { terminal_id, .. } => *terminal_id,
-            Phase::AwaitingReg => None,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CommandRejected {
@@ -672,7 +659,7 @@ impl StreamHandler<WsEvent> for Tm20Session {
 }
 
 impl Handler<SendCommand> for Tm20Session {
-    type Result = Result<(), CommandRejected>;
+    type Result = Result<Option<i32>, CommandRejected>;
 
     /// Queues a command (bounded) and starts it when the terminal is free.
     fn handle(
@@ -689,7 +676,10 @@ impl Handler<SendCommand> for Tm20Session {
         }
         self.queue.push_back(command);
         self.pump(ctx);
-        Ok(())
+        Ok(match &self.phase {
+            Phase::Registered { terminal_id, .. } => *terminal_id,
+            Phase::AwaitingReg => None,
+        })
     }
 }
 
