@@ -51,15 +51,23 @@ pub(crate) trait GroupOp: Send + Sync + 'static {
     }
 }
 
-struct Job<Op: GroupOp> {
+struct Write<Op: GroupOp> {
     op: Op,
     done: oneshot::Sender<Result<Op::Out, DbErr>>,
+}
+
+enum Job<Op: GroupOp> {
+    Write(Write<Op>),
+    /// Answered once every write queued before it is committed.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Handle to one writer task; cheap to clone.
 pub(crate) struct GroupWriter<Op: GroupOp> {
     tx: mpsc::Sender<Job<Op>>,
     name: &'static str,
+    /// The writer's connection (on PostgreSQL, the shared pool).
+    db: DatabaseConnection,
     /// Set on PostgreSQL: each write runs in its own transaction on its own pooled connection. PostgreSQL
     /// takes concurrent writers and already shares WAL flushes between concurrent commits; funnelling them
     /// through one connection would serialize their round trips instead (measured: 29.6k → 16.5k records/s).
@@ -71,6 +79,7 @@ impl<Op: GroupOp> Clone for GroupWriter<Op> {
         GroupWriter {
             tx: self.tx.clone(),
             name: self.name,
+            db: self.db.clone(),
             direct: self.direct.clone(),
         }
     }
@@ -111,8 +120,29 @@ impl<Op: GroupOp> GroupWriter<Op> {
         let direct = (db.get_database_backend() != DbBackend::Sqlite).then(|| db.clone());
         // On PostgreSQL the task serves writes behind (nobody waits on them, so sharing a transaction costs
         // no one a round trip).
-        tokio::spawn(run(db, rx, name, max_weight, linger));
-        GroupWriter { tx, name, direct }
+        tokio::spawn(run(db.clone(), rx, name, max_weight, linger));
+        GroupWriter {
+            tx,
+            name,
+            db,
+            direct,
+        }
+    }
+
+    /// Commits whatever is queued (writes behind included), then closes the writer's connection, waiting at
+    /// most `limit` in all: for a graceful stop.
+    pub(crate) async fn close(&self, limit: Duration) -> bool {
+        let flushed = async {
+            let (done, flushed) = oneshot::channel();
+            if self.tx.send(Job::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+            // On PostgreSQL `db` is the shared pool, which the store closes once every writer is flushed.
+            if self.direct.is_none() {
+                let _ = self.db.close_by_ref().await;
+            }
+        };
+        tokio::time::timeout(limit, flushed).await.is_ok()
     }
 
     /// Queues `op` without waiting for its commit: it shares the next transaction with whatever else is
@@ -120,7 +150,7 @@ impl<Op: GroupOp> GroupWriter<Op> {
     pub(crate) async fn write_behind(&self, op: Op) -> Result<(), StoreError> {
         let (done, _) = oneshot::channel();
         self.tx
-            .send(Job { op, done })
+            .send(Job::Write(Write { op, done }))
             .await
             .map_err(|_| StoreError::Db(DbErr::Custom(format!("the {} writer stopped", self.name))))
     }
@@ -137,7 +167,10 @@ impl<Op: GroupOp> GroupWriter<Op> {
         }
         let (done, answer) = oneshot::channel();
         let gone = || StoreError::Db(DbErr::Custom(format!("the {} writer stopped", self.name)));
-        self.tx.send(Job { op, done }).await.map_err(|_| gone())?;
+        self.tx
+            .send(Job::Write(Write { op, done }))
+            .await
+            .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?.map_err(StoreError::Db)
     }
 }
@@ -149,49 +182,51 @@ async fn run<Op: GroupOp>(
     max_weight: usize,
     linger: Duration,
 ) {
-    let mut batch: Vec<Job<Op>> = Vec::new();
+    let mut batch: Vec<Write<Op>> = Vec::new();
     // A write that did not fit the last transaction opens the next one.
-    let mut carried: Option<Job<Op>> = None;
+    let mut carried: Option<Write<Op>> = None;
     loop {
         let first = match carried.take() {
-            Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => job,
-                None => return,
+            Some(write) => write,
+            None => loop {
+                match rx.recv().await {
+                    Some(Job::Write(write)) => break write,
+                    // Nothing is queued: flushed already.
+                    Some(Job::Flush(done)) => {
+                        let _ = done.send(());
+                    }
+                    None => return,
+                }
             },
         };
         let mut weight = first.op.weight();
+        let mut someone_waits = !first.done.is_closed();
         batch.push(first);
+        let mut flushes = Vec::new();
+        let deadline = tokio::time::Instant::now() + linger;
         while weight < max_weight {
-            match rx.try_recv() {
-                Ok(job) if weight + job.op.weight() > max_weight => {
-                    carried = Some(job);
+            let next = match rx.try_recv() {
+                Ok(job) => job,
+                Err(_) if linger.is_zero() || someone_waits => break,
+                // Only writes behind so far: wait a little for more to share the commit.
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            match next {
+                Job::Flush(done) => {
+                    flushes.push(done);
                     break;
                 }
-                Ok(job) => {
-                    weight += job.op.weight();
-                    batch.push(job);
+                Job::Write(write) if weight + write.op.weight() > max_weight => {
+                    carried = Some(write);
+                    break;
                 }
-                Err(_) => break,
-            }
-        }
-        if !linger.is_zero() && carried.is_none() && batch.iter().all(|j| j.done.is_closed()) {
-            let deadline = tokio::time::Instant::now() + linger;
-            while weight < max_weight {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(job)) if weight + job.op.weight() > max_weight => {
-                        carried = Some(job);
-                        break;
-                    }
-                    Ok(Some(job)) => {
-                        let waited_for = !job.done.is_closed();
-                        weight += job.op.weight();
-                        batch.push(job);
-                        if waited_for {
-                            break;
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+                Job::Write(write) => {
+                    weight += write.op.weight();
+                    someone_waits |= !write.done.is_closed();
+                    batch.push(write);
                 }
             }
         }
@@ -233,6 +268,9 @@ async fn run<Op: GroupOp>(
         }
         metrics::histogram!("gatehouse_db_write_duration_seconds", "op" => name)
             .record(started.elapsed().as_secs_f64());
+        for done in flushes {
+            let _ = done.send(());
+        }
     }
 }
 

@@ -463,10 +463,25 @@ impl Store {
     /// Waits (at most `limit`) for the writes in flight, then closes the pool, so no connection is left to be
     /// dropped after the runtime is gone (a graceful shutdown's last step).
     pub async fn close(&self, limit: Duration) {
-        if tokio::time::timeout(limit, self.db.close_by_ref())
+        // The writers first: their queues (writes behind included) are committed before the pools close.
+        let closed = tokio::join!(
+            self.audit.close(limit),
+            self.records.close(limit),
+            self.logs.close(limit),
+            self.registrations.close(limit),
+            self.touches.close(limit),
+            self.ocpp_log.close(limit),
+            self.meters.close(limit),
+        );
+        let writers = [
+            closed.0, closed.1, closed.2, closed.3, closed.4, closed.5, closed.6,
+        ]
+        .iter()
+        .all(|done| *done);
+        let pool = tokio::time::timeout(limit, self.db.close_by_ref())
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !(writers && pool) {
             tracing::warn!("database writes still in flight at shutdown");
         }
     }

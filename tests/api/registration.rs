@@ -244,6 +244,15 @@ async fn graceful_stop_finishes_the_command_in_flight_then_closes_with_1001() {
         .await
         .unwrap()
         .unwrap();
+    // Its row, written behind the answer, was committed before the node let go of the database.
+    use sea_orm::EntityTrait;
+    let id = uuid::Uuid::parse_str(body["id"].as_str().unwrap()).unwrap();
+    let stored = entity::command::Entity::find_by_id(id)
+        .one(&app.db().await)
+        .await
+        .unwrap()
+        .expect("the command answered during the stop is stored");
+    assert_eq!(stored.state, "succeeded");
 }
 
 /// `last_seen` follows the terminal's traffic: when its socket closes, the time of its last frame is stored
