@@ -5,6 +5,13 @@ use gatehouse::config::{Settings, DEFAULT_DATABASE_URL};
 use gatehouse::startup::Application;
 use gatehouse::store::Store;
 
+// jemalloc instead of glibc's malloc: measured on this project's load (BENCHMARKS.md, session 6), it hands
+// the pages of a large frame back instead of leaving them in per-thread arenas (RSS per socket after a 150 KB
+// photo 8.4–9.0 → 7.6 KiB) and its thread caches make the many small allocations of a command or a sendlog
+// batch cheaper.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "gatehouse",
