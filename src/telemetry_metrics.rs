@@ -99,6 +99,10 @@ fn describe() {
         "Times the cluster subscription to Redis was (re)established"
     );
     describe_gauge!(
+        "gatehouse_sqlite_wal_frames",
+        "Pages in the SQLite write-ahead log after the last checkpoint (SQLite only)"
+    );
+    describe_gauge!(
         "gatehouse_cluster_nodes",
         "Live nodes seen at the last heartbeat"
     );

@@ -8,11 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use entity::{attendance_log, biometric_credential, biometric_user, command, terminal};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, OnConflict, Query, Value as SqlValue};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
     DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    Statement, TransactionTrait,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -22,6 +22,7 @@ use crate::devices::tm20::protocol::LogRecord;
 pub mod accounts;
 mod audit;
 pub mod billing;
+mod checkpoint;
 mod group;
 pub mod ocpp;
 pub mod panels;
@@ -53,6 +54,8 @@ pub struct Store {
     /// Live commands in flight (see [`crate::devices::Origin::Live`]): their rows until they finish and are
     /// written. Short critical sections only; never held across an await.
     live_commands: audit::LiveCommands,
+    /// WAL checkpoints off the writers' path; SQLite files only.
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 /// Rows per INSERT statement: keeps far below SQLite's bound-parameter limit (11 columns per log row).
@@ -84,6 +87,9 @@ fn connect_options(url: &str, max: u32, durable: bool) -> ConnectOptions {
         .map_sqlx_sqlite_opts(move |opts| {
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(synchronous)
+                // Checkpoints are the checkpoint task's job, not a committing writer's (see `checkpoint`).
+                .pragma("wal_autocheckpoint", "0")
+                .pragma("journal_size_limit", checkpoint::WAL_SIZE_LIMIT.to_string())
         });
     options
 }
@@ -184,36 +190,111 @@ impl group::GroupOp for Touch {
     }
 }
 
-/// One terminal's `sendlog` batch, as rows; applied in a shared transaction by the attendance writer.
+/// One terminal's `sendlog` batch, as ready-built statements; applied in a shared transaction by the
+/// attendance writer.
+///
+/// The statements are built by the caller (a session's worker thread), not by the writer: the writer is one
+/// task on the main runtime, and building the SQL and its values (sea-query, JSON and timestamp formatting)
+/// was most of its time, which capped ingestion at one core (BENCHMARKS.md, session 6).
 #[derive(Debug)]
 pub(crate) struct LogBatch {
-    rows: Vec<attendance_log::ActiveModel>,
+    rows: usize,
+    statements: Vec<Statement>,
+}
+
+impl LogBatch {
+    fn new(
+        backend: DbBackend,
+        terminal_id: i32,
+        records: &[LogRecord],
+        received_at: DateTime<Utc>,
+    ) -> Result<LogBatch, DbErr> {
+        use attendance_log::Column as C;
+        // On SQLite every value is bound as the text sqlx itself would have made of it (`NaiveDateTime` as
+        // "%F %T%.f", `DateTime<Utc>` as RFC 3339 with automatic fractional digits, JSON compact), so the
+        // stored bytes, the natural-key index and reads are unchanged; the formatting just happens here.
+        let sqlite = backend == DbBackend::Sqlite;
+        let received: SqlValue = if sqlite {
+            received_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+                .into()
+        } else {
+            received_at.into()
+        };
+        let mut statements = Vec::with_capacity(records.len().div_ceil(INSERT_CHUNK));
+        for chunk in records.chunks(INSERT_CHUNK) {
+            let mut insert = Query::insert();
+            insert
+                .into_table(attendance_log::Entity)
+                .columns([
+                    C::TerminalId,
+                    C::Enrollid,
+                    C::Time,
+                    C::Mode,
+                    C::Inout,
+                    C::Event,
+                    C::Temp,
+                    C::Verifymode,
+                    C::Raw,
+                    C::ReceivedAt,
+                ])
+                .on_conflict(
+                    OnConflict::columns([
+                        C::TerminalId,
+                        C::Enrollid,
+                        C::Time,
+                        C::Mode,
+                        C::Inout,
+                        C::Event,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                );
+            for r in chunk {
+                let (time, raw): (SqlValue, SqlValue) = if sqlite {
+                    (
+                        r.time.format("%F %T%.f").to_string().into(),
+                        r.raw.to_string().into(),
+                    )
+                } else {
+                    (r.time.into(), r.raw.clone().into())
+                };
+                insert
+                    .values([
+                        terminal_id.into(),
+                        r.enrollid.into(),
+                        time.into(),
+                        r.mode.into(),
+                        r.inout.into(),
+                        r.event.into(),
+                        r.temp.into(),
+                        r.verifymode.into(),
+                        raw.into(),
+                        received.clone().into(),
+                    ])
+                    .map_err(|err| DbErr::Custom(err.to_string()))?;
+            }
+            statements.push(backend.build(&insert));
+        }
+        Ok(LogBatch {
+            rows: records.len(),
+            statements,
+        })
+    }
 }
 
 impl group::GroupOp for LogBatch {
     type Out = u64;
 
     fn weight(&self) -> usize {
-        self.rows.len()
+        self.rows
     }
 
     async fn apply<'a>(&'a self, txn: &'a sea_orm::DatabaseTransaction) -> Result<u64, DbErr> {
         let mut inserted = 0;
-        for chunk in self.rows.chunks(INSERT_CHUNK) {
-            let result = attendance_log::Entity::insert_many(chunk.iter().cloned())
-                .on_conflict_do_nothing_on([
-                    attendance_log::Column::TerminalId,
-                    attendance_log::Column::Enrollid,
-                    attendance_log::Column::Time,
-                    attendance_log::Column::Mode,
-                    attendance_log::Column::Inout,
-                    attendance_log::Column::Event,
-                ])
-                .exec_without_returning(txn)
-                .await?;
-            if let sea_orm::TryInsertResult::Inserted(n) = result {
-                inserted += n;
-            }
+        for statement in &self.statements {
+            // ON CONFLICT DO NOTHING: rows affected are the rows that were new.
+            inserted += txn.execute_raw(statement.clone()).await?.rows_affected();
         }
         Ok(inserted)
     }
@@ -272,6 +353,15 @@ impl Store {
             LOG_GROUP_ROWS,
             LOG_GROUP_QUEUE,
         );
+        let on_file = db.get_database_backend() == DbBackend::Sqlite
+            && !(url.contains(":memory:") || url.contains("mode=memory"));
+        let checkpointer = if on_file {
+            Some(checkpoint::Checkpointer::start(
+                writer_connection(url, &db, true).await?,
+            ))
+        } else {
+            None
+        };
         Ok(Store {
             db,
             audit,
@@ -282,6 +372,7 @@ impl Store {
             ocpp_log,
             meters,
             live_commands: audit::LiveCommands::default(),
+            checkpointer,
         })
     }
 
@@ -478,6 +569,9 @@ impl Store {
         ]
         .iter()
         .all(|done| *done);
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.close(limit).await;
+        }
         let pool = tokio::time::timeout(limit, self.db.close_by_ref())
             .await
             .is_ok();
@@ -502,24 +596,13 @@ impl Store {
         if records.is_empty() {
             return Ok(0);
         }
-        let received_at = Utc::now();
-        let rows = records
-            .iter()
-            .map(|r| attendance_log::ActiveModel {
-                terminal_id: Set(terminal_id),
-                enrollid: Set(r.enrollid),
-                time: Set(r.time),
-                mode: Set(r.mode),
-                inout: Set(r.inout),
-                event: Set(r.event),
-                temp: Set(r.temp),
-                verifymode: Set(r.verifymode),
-                raw: Set(r.raw.clone()),
-                received_at: Set(received_at),
-                ..Default::default()
-            })
-            .collect();
-        self.logs.write(LogBatch { rows }).await
+        let batch = LogBatch::new(
+            self.db.get_database_backend(),
+            terminal_id,
+            records,
+            Utc::now(),
+        )?;
+        self.logs.write(batch).await
     }
 
     /// Newest first (by device time, then id), keyset-paginated.
@@ -945,5 +1028,153 @@ mod tests {
         ] {
             assert_eq!(LogCursor::decode(bad), None, "{bad}");
         }
+    }
+
+    /// The attendance writer binds pre-formatted text on SQLite; the stored bytes must be what sea-orm's own
+    /// insert of the same values stores, or the natural-key index would not see a re-sent record written by
+    /// an older build as the same record, and reads could parse it differently.
+    #[tokio::test]
+    async fn a_log_batch_stores_what_a_sea_orm_insert_stores() {
+        use sea_orm::ActiveModelTrait;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("gh.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let terminal = store
+            .record_registration("SN-FORMAT", None, None, None)
+            .await
+            .expect("terminal");
+        let time = NaiveDateTime::parse_from_str("2024-06-01 08:30:05", "%Y-%m-%d %H:%M:%S")
+            .expect("time");
+        // Sub-second digits, so the fractional formatting is exercised.
+        let received_at = DateTime::parse_from_rfc3339("2026-12-06T13:29:19.123456789Z")
+            .expect("received_at")
+            .with_timezone(&Utc);
+        let raw =
+            serde_json::json!({"enrollid": 7, "time": "2024-06-01 08:30:05", "name": "Zoë \"Z\""});
+        let record = |enrollid: i64| LogRecord {
+            enrollid,
+            time,
+            mode: 1,
+            inout: 0,
+            event: 0,
+            temp: Some(36.5),
+            verifymode: None,
+            name: None,
+            aliasid: None,
+            raw: raw.clone(),
+        };
+        let batch = LogBatch::new(DbBackend::Sqlite, terminal.id, &[record(7)], received_at)
+            .expect("batch");
+        assert_eq!(store.logs.write(batch).await.expect("batch write"), 1);
+        attendance_log::ActiveModel {
+            terminal_id: Set(terminal.id),
+            enrollid: Set(8),
+            time: Set(time),
+            mode: Set(1),
+            inout: Set(0),
+            event: Set(0),
+            temp: Set(Some(36.5)),
+            verifymode: Set(None),
+            raw: Set(raw.clone()),
+            received_at: Set(received_at),
+            ..Default::default()
+        }
+        .insert(store.connection())
+        .await
+        .expect("sea-orm insert");
+        let rows = store
+            .connection()
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT typeof(time) || ':' || time, typeof(received_at) || ':' || received_at, \
+                 typeof(raw) || ':' || raw, typeof(temp) || ':' || temp, typeof(verifymode) \
+                 FROM attendance_logs ORDER BY enrollid",
+            ))
+            .await
+            .expect("rows");
+        let texts: Vec<Vec<String>> = rows
+            .iter()
+            .map(|row| {
+                (0..5)
+                    .map(|i| row.try_get_by_index::<String>(i).expect("column"))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(texts.len(), 2);
+        assert_eq!(texts[0], texts[1], "LogBatch vs sea-orm");
+        // And a re-sent record is recognised as the one stored by sea-orm.
+        let again =
+            LogBatch::new(DbBackend::Sqlite, terminal.id, &[record(8)], Utc::now()).expect("batch");
+        assert_eq!(store.logs.write(again).await.expect("re-send"), 0);
+    }
+
+    /// Writers commit with `wal_autocheckpoint=0`; the checkpoint task must still copy what they commit
+    /// into the database file, or the WAL would only grow. The database file alone (no WAL beside it) must
+    /// hold the rows a moment after they were written.
+    #[tokio::test]
+    async fn the_checkpoint_task_copies_committed_rows_into_the_database_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gh.db");
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        let autocheckpoint = store
+            .connection()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA wal_autocheckpoint",
+            ))
+            .await
+            .expect("pragma")
+            .expect("row")
+            .try_get_by_index::<i64>(0)
+            .expect("value");
+        assert_eq!(autocheckpoint, 0);
+        let terminal = store
+            .record_registration("SN-CHECKPOINT", None, None, None)
+            .await
+            .expect("terminal");
+        let time = NaiveDateTime::parse_from_str("2024-06-01 08:30:05", "%Y-%m-%d %H:%M:%S")
+            .expect("time");
+        let records: Vec<LogRecord> = (1..=3)
+            .map(|enrollid| LogRecord {
+                enrollid,
+                time,
+                mode: 1,
+                inout: 0,
+                event: 0,
+                temp: None,
+                verifymode: None,
+                name: None,
+                aliasid: None,
+                raw: serde_json::json!({"enrollid": enrollid}),
+            })
+            .collect();
+        assert_eq!(
+            store
+                .insert_logs(terminal.id, &records)
+                .await
+                .expect("insert"),
+            3
+        );
+        tokio::time::sleep(checkpoint::INTERVAL * 3).await;
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).expect("copy the database file alone");
+        let alone = Database::connect(format!("sqlite://{}?mode=ro", copy.display()))
+            .await
+            .expect("open the copy");
+        let count = alone
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT count(*) FROM attendance_logs",
+            ))
+            .await
+            .expect("count")
+            .expect("row")
+            .try_get_by_index::<i64>(0)
+            .expect("value");
+        assert_eq!(count, 3);
     }
 }
