@@ -6,11 +6,26 @@ use gatehouse::startup::Application;
 use gatehouse::store::Store;
 
 // jemalloc instead of glibc's malloc: measured on this project's load (BENCHMARKS.md, session 6), it hands
-// the pages of a large frame back instead of leaving them in per-thread arenas (RSS per socket after a 150 KB
-// photo 8.4–9.0 → 7.6 KiB) and its thread caches make the many small allocations of a command or a sendlog
-// batch cheaper.
+// the pages of a large frame back instead of leaving them in per-thread arenas, and its thread caches make the
+// many small allocations of a command or a sendlog batch cheaper.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once at start-up (the `_RJEM_MALLOC_CONF` environment variable still overrides
+/// them). Freed pages go back to the OS within about a second (`dirty_decay_ms`, default 10 s), and a
+/// background thread does it even when no allocation happens to trigger it: after a registration burst or a
+/// large frame an idle node otherwise kept the burst's pages (RSS per idle socket at 10,000: 7.9–8.3 →
+/// 5.9 KiB).
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_OPTIONS: JemallocOptions =
+    JemallocOptions(c"background_thread:true,dirty_decay_ms:1000".as_ptr());
+
+/// A C string pointer jemalloc reads as `const char *malloc_conf`.
+#[repr(transparent)]
+struct JemallocOptions(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a static, immutable C string literal.
+unsafe impl Sync for JemallocOptions {}
 
 #[derive(Parser)]
 #[command(
