@@ -1030,6 +1030,43 @@ mod tests {
         }
     }
 
+    /// A migrated store on a fresh SQLite file in `dir`, and the path of that file.
+    async fn sqlite_store(dir: &tempfile::TempDir) -> (Store, std::path::PathBuf) {
+        let path = dir.path().join("gh.db");
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        (store, path)
+    }
+
+    /// A punch of `enrollid` at a fixed device time.
+    fn punch(enrollid: i64, temp: Option<f64>, raw: Value) -> LogRecord {
+        LogRecord {
+            enrollid,
+            time: NaiveDateTime::parse_from_str("2024-06-01 08:30:05", "%Y-%m-%d %H:%M:%S")
+                .expect("time"),
+            mode: 1,
+            inout: 0,
+            event: 0,
+            temp,
+            verifymode: None,
+            name: None,
+            aliasid: None,
+            raw,
+        }
+    }
+
+    /// The integer in the first column of the first row of `sql`.
+    async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+        db.query_one_raw(Statement::from_string(DbBackend::Sqlite, sql))
+            .await
+            .expect("query")
+            .expect("row")
+            .try_get_by_index::<i64>(0)
+            .expect("value")
+    }
+
     /// The attendance writer binds pre-formatted text on SQLite; the stored bytes must be what sea-orm's own
     /// insert of the same values stores, or the natural-key index would not see a re-sent record written by
     /// an older build as the same record, and reads could parse it differently.
@@ -1037,33 +1074,19 @@ mod tests {
     async fn a_log_batch_stores_what_a_sea_orm_insert_stores() {
         use sea_orm::ActiveModelTrait;
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("gh.db").display());
-        let store = Store::connect(&url).await.expect("connect");
-        store.migrate().await.expect("migrate");
+        let (store, _) = sqlite_store(&dir).await;
         let terminal = store
             .record_registration("SN-FORMAT", None, None, None)
             .await
             .expect("terminal");
-        let time = NaiveDateTime::parse_from_str("2024-06-01 08:30:05", "%Y-%m-%d %H:%M:%S")
-            .expect("time");
         // Sub-second digits, so the fractional formatting is exercised.
         let received_at = DateTime::parse_from_rfc3339("2026-12-06T13:29:19.123456789Z")
             .expect("received_at")
             .with_timezone(&Utc);
         let raw =
             serde_json::json!({"enrollid": 7, "time": "2024-06-01 08:30:05", "name": "Zoë \"Z\""});
-        let record = |enrollid: i64| LogRecord {
-            enrollid,
-            time,
-            mode: 1,
-            inout: 0,
-            event: 0,
-            temp: Some(36.5),
-            verifymode: None,
-            name: None,
-            aliasid: None,
-            raw: raw.clone(),
-        };
+        let record = |enrollid: i64| punch(enrollid, Some(36.5), raw.clone());
+        let time = record(0).time;
         let batch = LogBatch::new(DbBackend::Sqlite, terminal.id, &[record(7)], received_at)
             .expect("batch");
         assert_eq!(store.logs.write(batch).await.expect("batch write"), 1);
@@ -1115,42 +1138,17 @@ mod tests {
     #[tokio::test]
     async fn the_checkpoint_task_copies_committed_rows_into_the_database_file() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("gh.db");
-        let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-            .await
-            .expect("connect");
-        store.migrate().await.expect("migrate");
-        let autocheckpoint = store
-            .connection()
-            .query_one_raw(Statement::from_string(
-                DbBackend::Sqlite,
-                "PRAGMA wal_autocheckpoint",
-            ))
-            .await
-            .expect("pragma")
-            .expect("row")
-            .try_get_by_index::<i64>(0)
-            .expect("value");
-        assert_eq!(autocheckpoint, 0);
+        let (store, path) = sqlite_store(&dir).await;
+        assert_eq!(
+            scalar(store.connection(), "PRAGMA wal_autocheckpoint").await,
+            0
+        );
         let terminal = store
             .record_registration("SN-CHECKPOINT", None, None, None)
             .await
             .expect("terminal");
-        let time = NaiveDateTime::parse_from_str("2024-06-01 08:30:05", "%Y-%m-%d %H:%M:%S")
-            .expect("time");
         let records: Vec<LogRecord> = (1..=3)
-            .map(|enrollid| LogRecord {
-                enrollid,
-                time,
-                mode: 1,
-                inout: 0,
-                event: 0,
-                temp: None,
-                verifymode: None,
-                name: None,
-                aliasid: None,
-                raw: serde_json::json!({"enrollid": enrollid}),
-            })
+            .map(|enrollid| punch(enrollid, None, serde_json::json!({"enrollid": enrollid})))
             .collect();
         assert_eq!(
             store
@@ -1165,16 +1163,7 @@ mod tests {
         let alone = Database::connect(format!("sqlite://{}?mode=ro", copy.display()))
             .await
             .expect("open the copy");
-        let count = alone
-            .query_one_raw(Statement::from_string(
-                DbBackend::Sqlite,
-                "SELECT count(*) FROM attendance_logs",
-            ))
-            .await
-            .expect("count")
-            .expect("row")
-            .try_get_by_index::<i64>(0)
-            .expect("value");
+        let count = scalar(&alone, "SELECT count(*) FROM attendance_logs").await;
         assert_eq!(count, 3);
     }
 }
