@@ -28,14 +28,6 @@ pub(crate) struct Checkpointer {
     stop: mpsc::Sender<oneshot::Sender<()>>,
 }
 
-/// What `PRAGMA wal_checkpoint` reports: whether it was blocked, the WAL's frames, the frames copied back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Checkpoint {
-    pub busy: bool,
-    pub wal_frames: i64,
-    pub checkpointed: i64,
-}
-
 impl Checkpointer {
     /// Starts the task on the current runtime; it owns `db` (a connection of its own).
     pub(crate) fn start(db: DatabaseConnection) -> Checkpointer {
@@ -74,30 +66,26 @@ impl Checkpointer {
 }
 
 async fn run_once(db: &DatabaseConnection) {
-    let passive = match checkpoint(db, "PASSIVE").await {
-        Ok(done) => done,
+    let wal_frames = match checkpoint(db, "PASSIVE").await {
+        Ok(frames) => frames,
         Err(err) => {
             tracing::warn!(%err, "WAL checkpoint failed");
             return;
         }
     };
-    metrics::gauge!("gatehouse_sqlite_wal_frames").set(passive.wal_frames as f64);
-    if passive.wal_frames > RESTART_FRAMES {
-        tracing::debug!(
-            frames = passive.wal_frames,
-            "WAL past its bound: restarting it"
-        );
+    metrics::gauge!("gatehouse_sqlite_wal_frames").set(wal_frames as f64);
+    if wal_frames > RESTART_FRAMES {
+        tracing::debug!(frames = wal_frames, "WAL past its bound: restarting it");
         match checkpoint(db, "RESTART").await {
-            Ok(restart) => {
-                metrics::gauge!("gatehouse_sqlite_wal_frames").set(restart.wal_frames as f64)
-            }
+            Ok(frames) => metrics::gauge!("gatehouse_sqlite_wal_frames").set(frames as f64),
             Err(err) => tracing::warn!(%err, "WAL restart checkpoint failed"),
         }
     }
 }
 
-/// Runs `PRAGMA wal_checkpoint(mode)` on `db`.
-pub(crate) async fn checkpoint(db: &DatabaseConnection, mode: &str) -> Result<Checkpoint, DbErr> {
+/// Runs `PRAGMA wal_checkpoint(mode)` on `db`; returns the pages in the WAL (its second column; the first says
+/// whether it was blocked, the third how many pages were copied back).
+async fn checkpoint(db: &DatabaseConnection, mode: &str) -> Result<i64, DbErr> {
     let row = db
         .query_one_raw(Statement::from_string(
             DbBackend::Sqlite,
@@ -105,9 +93,5 @@ pub(crate) async fn checkpoint(db: &DatabaseConnection, mode: &str) -> Result<Ch
         ))
         .await?
         .ok_or_else(|| DbErr::Custom("wal_checkpoint returned no row".into()))?;
-    Ok(Checkpoint {
-        busy: row.try_get_by_index::<i64>(0)? != 0,
-        wal_frames: row.try_get_by_index(1)?,
-        checkpointed: row.try_get_by_index(2)?,
-    })
+    row.try_get_by_index(1)
 }

@@ -221,35 +221,28 @@ impl LogBatch {
         } else {
             received_at.into()
         };
+        // The natural key: a record already stored under it is skipped (its unique index is the conflict
+        // target), so a re-sent batch adds nothing.
+        let natural_key = [
+            C::TerminalId,
+            C::Enrollid,
+            C::Time,
+            C::Mode,
+            C::Inout,
+            C::Event,
+        ];
+        let columns =
+            natural_key
+                .into_iter()
+                .chain([C::Temp, C::Verifymode, C::Raw, C::ReceivedAt]);
+        let skip_stored = OnConflict::columns(natural_key).do_nothing().to_owned();
         let mut statements = Vec::with_capacity(records.len().div_ceil(INSERT_CHUNK));
         for chunk in records.chunks(INSERT_CHUNK) {
             let mut insert = Query::insert();
             insert
                 .into_table(attendance_log::Entity)
-                .columns([
-                    C::TerminalId,
-                    C::Enrollid,
-                    C::Time,
-                    C::Mode,
-                    C::Inout,
-                    C::Event,
-                    C::Temp,
-                    C::Verifymode,
-                    C::Raw,
-                    C::ReceivedAt,
-                ])
-                .on_conflict(
-                    OnConflict::columns([
-                        C::TerminalId,
-                        C::Enrollid,
-                        C::Time,
-                        C::Mode,
-                        C::Inout,
-                        C::Event,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                );
+                .columns(columns.clone())
+                .on_conflict(skip_stored.clone());
             for r in chunk {
                 let (time, raw): (SqlValue, SqlValue) = if sqlite {
                     (
