@@ -69,6 +69,14 @@ fn describe() {
         Unit::Seconds,
         "Database write latency, by operation"
     );
+    describe_histogram!(
+        "gatehouse_group_commit_writes",
+        "Writes that shared one transaction, by writer"
+    );
+    describe_histogram!(
+        "gatehouse_batched_read_keys",
+        "Look-ups that shared one query, by reader"
+    );
     describe_counter!(
         "gatehouse_db_write_failures_total",
         "Failed database writes, by operation"

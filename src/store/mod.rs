@@ -21,6 +21,7 @@ use crate::devices::tm20::protocol::LogRecord;
 
 pub mod accounts;
 mod audit;
+mod batch_read;
 pub mod billing;
 mod checkpoint;
 mod group;
@@ -56,6 +57,10 @@ pub struct Store {
     live_commands: audit::LiveCommands,
     /// WAL checkpoints off the writers' path; SQLite files only.
     checkpointer: Option<checkpoint::Checkpointer>,
+    /// Concurrent look-ups of terminals by serial number, one query per batch (registrations).
+    terminals_by_sn: batch_read::BatchRead<String, terminal::Model>,
+    /// Concurrent "has this device commands to deliver?" checks, one query per batch (registrations).
+    devices_with_deliveries: batch_read::BatchRead<String, ()>,
 }
 
 /// Rows per INSERT statement: keeps far below SQLite's bound-parameter limit (11 columns per log row).
@@ -120,6 +125,60 @@ pub(crate) struct Registration {
     at: DateTime<Utc>,
 }
 
+impl Registration {
+    fn row(&self) -> terminal::ActiveModel {
+        terminal::ActiveModel {
+            sn: Set(self.sn.clone()),
+            model: Set(self.model.clone()),
+            firmware: Set(self.firmware.clone()),
+            devinfo: Set(self.devinfo.clone()),
+            is_active: Set(true),
+            is_whitelisted: Set(false),
+            last_seen: Set(Some(self.at)),
+            created_at: Set(self.at),
+            updated_at: Set(self.at),
+            ..Default::default()
+        }
+    }
+
+    /// One upsert for all of `regs` (serial numbers distinct), answering each terminal's row.
+    ///
+    /// A single statement, not an UPDATE, an INSERT when nothing was updated and a SELECT per terminal: each
+    /// statement is a hand-off to the connection's thread, and in a reconnect storm those hand-offs (futex
+    /// wake-ups and context switches), not SQLite's work, were the registrations' cost.
+    async fn upsert(
+        regs: &[&Registration],
+        txn: &sea_orm::DatabaseTransaction,
+    ) -> Result<Vec<terminal::Model>, DbErr> {
+        // What the terminal did not report keeps its stored value; created_at, name and the admin's flags
+        // are never overwritten.
+        let keep_if_absent = |column: &str| {
+            Expr::cust(format!(
+                "COALESCE(\"excluded\".\"{column}\", \"terminals\".\"{column}\")"
+            ))
+        };
+        let on_conflict = OnConflict::column(terminal::Column::Sn)
+            .update_columns([terminal::Column::LastSeen, terminal::Column::UpdatedAt])
+            .value(terminal::Column::Model, keep_if_absent("model"))
+            .value(terminal::Column::Firmware, keep_if_absent("firmware"))
+            .value(terminal::Column::Devinfo, keep_if_absent("devinfo"))
+            .to_owned();
+        let rows = terminal::Entity::insert_many(regs.iter().map(|reg| reg.row()))
+            .on_conflict(on_conflict)
+            .exec_with_returning(txn)
+            .await?;
+        let mut by_sn: std::collections::HashMap<String, terminal::Model> =
+            rows.into_iter().map(|row| (row.sn.clone(), row)).collect();
+        regs.iter()
+            .map(|reg| {
+                by_sn
+                    .remove(&reg.sn)
+                    .ok_or_else(|| DbErr::RecordNotFound(format!("terminal {}", reg.sn)))
+            })
+            .collect()
+    }
+}
+
 impl group::GroupOp for Registration {
     type Out = terminal::Model;
 
@@ -127,47 +186,41 @@ impl group::GroupOp for Registration {
         &'a self,
         txn: &'a sea_orm::DatabaseTransaction,
     ) -> Result<terminal::Model, DbErr> {
-        // A write first: on SQLite a transaction that reads first and writes later fails at once with
-        // SQLITE_BUSY (its snapshot is stale) when another writer committed in between, instead of waiting.
-        let mut refresh = terminal::Entity::update_many()
-            .col_expr(terminal::Column::LastSeen, Expr::value(Some(self.at)))
-            .col_expr(terminal::Column::UpdatedAt, Expr::value(self.at));
-        if let Some(model) = &self.model {
-            refresh = refresh.col_expr(terminal::Column::Model, Expr::value(model.clone()));
-        }
-        if let Some(firmware) = &self.firmware {
-            refresh = refresh.col_expr(terminal::Column::Firmware, Expr::value(firmware.clone()));
-        }
-        if let Some(devinfo) = &self.devinfo {
-            refresh = refresh.col_expr(terminal::Column::Devinfo, Expr::value(devinfo.clone()));
-        }
-        let refreshed = refresh
-            .filter(terminal::Column::Sn.eq(&self.sn))
-            .exec(txn)
-            .await?;
-        if refreshed.rows_affected == 0 {
-            return terminal::ActiveModel {
-                sn: Set(self.sn.clone()),
-                name: Set(None),
-                model: Set(self.model.clone()),
-                firmware: Set(self.firmware.clone()),
-                devinfo: Set(self.devinfo.clone()),
-                is_active: Set(true),
-                is_whitelisted: Set(false),
-                last_seen: Set(Some(self.at)),
-                created_at: Set(self.at),
-                updated_at: Set(self.at),
-                ..Default::default()
-            }
-            .insert(txn)
-            .await;
-        }
-        terminal::Entity::find()
-            .filter(terminal::Column::Sn.eq(&self.sn))
-            .one(txn)
-            .await?
+        let mut rows = Registration::upsert(&[self], txn).await?;
+        rows.pop()
             .ok_or_else(|| DbErr::RecordNotFound(format!("terminal {}", self.sn)))
     }
+
+    async fn apply_all<'a>(
+        ops: &'a [&'a Self],
+        txn: &'a sea_orm::DatabaseTransaction,
+    ) -> Result<Vec<terminal::Model>, DbErr> {
+        let mut seen = std::collections::HashSet::with_capacity(ops.len());
+        if ops.iter().all(|reg| seen.insert(reg.sn.as_str())) {
+            return Registration::upsert(ops, txn).await;
+        }
+        // The same terminal twice in one batch (it re-registered within a commit): one row of an upsert may
+        // not update another row of the same statement (PostgreSQL refuses it), so apply them in order.
+        let mut outs = Vec::with_capacity(ops.len());
+        for reg in ops {
+            outs.push(reg.apply(txn).await?);
+        }
+        Ok(outs)
+    }
+}
+
+/// The terminals among `sns`, by serial number (see [`batch_read`]).
+async fn terminals_by_sn(
+    db: DatabaseConnection,
+    sns: Vec<String>,
+) -> Result<std::collections::HashMap<String, terminal::Model>, DbErr> {
+    Ok(terminal::Entity::find()
+        .filter(terminal::Column::Sn.is_in(sns))
+        .all(&db)
+        .await?
+        .into_iter()
+        .map(|row| (row.sn.clone(), row))
+        .collect())
 }
 
 /// A terminal's `last_seen`, written when its socket closes.
@@ -181,9 +234,38 @@ impl group::GroupOp for Touch {
     type Out = ();
 
     async fn apply<'a>(&'a self, txn: &'a sea_orm::DatabaseTransaction) -> Result<(), DbErr> {
+        Touch::apply_many(&[self], txn).await
+    }
+
+    async fn apply_all<'a>(
+        ops: &'a [&'a Self],
+        txn: &'a sea_orm::DatabaseTransaction,
+    ) -> Result<Vec<()>, DbErr> {
+        Touch::apply_many(ops, txn).await?;
+        Ok(vec![(); ops.len()])
+    }
+}
+
+impl Touch {
+    /// One UPDATE for the whole batch (`last_seen = CASE id WHEN … END`): when thousands of terminals drop at
+    /// once, a statement per terminal was a hand-off to the connection's thread per terminal.
+    async fn apply_many(
+        touches: &[&Touch],
+        txn: &sea_orm::DatabaseTransaction,
+    ) -> Result<(), DbErr> {
+        // The latest time wins for a terminal that appears twice.
+        let mut latest: std::collections::BTreeMap<i32, DateTime<Utc>> = Default::default();
+        for touch in touches {
+            let seen = latest.entry(touch.terminal_id).or_insert(touch.seen);
+            *seen = (*seen).max(touch.seen);
+        }
+        let mut case = sea_orm::sea_query::CaseStatement::new();
+        for (id, seen) in &latest {
+            case = case.case(terminal::Column::Id.eq(*id), Expr::value(Some(*seen)));
+        }
         terminal::Entity::update_many()
-            .col_expr(terminal::Column::LastSeen, Expr::value(self.seen))
-            .filter(terminal::Column::Id.eq(self.terminal_id))
+            .col_expr(terminal::Column::LastSeen, case.into())
+            .filter(terminal::Column::Id.is_in(latest.into_keys()))
             .exec(txn)
             .await?;
         Ok(())
@@ -356,7 +438,6 @@ impl Store {
             None
         };
         Ok(Store {
-            db,
             audit,
             records,
             logs,
@@ -366,6 +447,17 @@ impl Store {
             meters,
             live_commands: audit::LiveCommands::default(),
             checkpointer,
+            terminals_by_sn: batch_read::BatchRead::start(
+                db.clone(),
+                "terminals_by_sn",
+                terminals_by_sn,
+            ),
+            devices_with_deliveries: batch_read::BatchRead::start(
+                db.clone(),
+                "devices_with_deliveries",
+                queue::devices_with_deliveries,
+            ),
+            db,
         })
     }
 
@@ -396,10 +488,7 @@ impl Store {
     /// # Errors
     /// On a database failure.
     pub async fn terminal_by_sn(&self, sn: &str) -> Result<Option<terminal::Model>, StoreError> {
-        Ok(terminal::Entity::find()
-            .filter(terminal::Column::Sn.eq(sn))
-            .one(&self.db)
-            .await?)
+        self.terminals_by_sn.get(sn.to_owned()).await
     }
 
     /// # Errors
@@ -1158,5 +1247,140 @@ mod tests {
             .expect("open the copy");
         let count = scalar(&alone, "SELECT count(*) FROM attendance_logs").await;
         assert_eq!(count, 3);
+    }
+
+    /// A batch of registrations is one upsert: each caller must get its own terminal's row, a known terminal
+    /// keeps what it did not report and what only an admin sets, and the same terminal twice in a batch
+    /// still works. A batch of touches is one UPDATE: each terminal gets its own (latest) time.
+    #[tokio::test]
+    async fn batched_registrations_and_touches_answer_and_keep_each_terminal_apart() {
+        use group::GroupOp;
+        use sea_orm::ActiveModelTrait;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _) = sqlite_store(&dir).await;
+        let db = store.connection();
+        let known = store
+            .record_registration(
+                "SN-KNOWN",
+                Some("M1".into()),
+                Some("F1".into()),
+                Some(serde_json::json!({"fp": 1})),
+            )
+            .await
+            .expect("known");
+        let mut admin: terminal::ActiveModel = known.clone().into();
+        admin.name = Set(Some("Front door".into()));
+        admin.is_whitelisted = Set(true);
+        admin.update(db).await.expect("admin edit");
+
+        let at = DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z")
+            .expect("at")
+            .with_timezone(&Utc);
+        let reg = |sn: &str, firmware: Option<&str>| Registration {
+            sn: sn.into(),
+            model: None,
+            firmware: firmware.map(Into::into),
+            devinfo: None,
+            at,
+        };
+        let (new, again) = (reg("SN-NEW", Some("F9")), reg("SN-KNOWN", Some("F2")));
+        let txn = db.begin().await.expect("begin");
+        let rows = Registration::apply_all(&[&new, &again], &txn)
+            .await
+            .expect("batch");
+        txn.commit().await.expect("commit");
+        assert_eq!(
+            rows.iter().map(|r| r.sn.as_str()).collect::<Vec<_>>(),
+            ["SN-NEW", "SN-KNOWN"]
+        );
+        let (new_row, known_row) = (&rows[0], &rows[1]);
+        assert_eq!(known_row.id, known.id);
+        assert_ne!(new_row.id, known.id);
+        assert_eq!(known_row.model.as_deref(), Some("M1"));
+        assert_eq!(known_row.firmware.as_deref(), Some("F2"));
+        assert_eq!(known_row.devinfo, Some(serde_json::json!({"fp": 1})));
+        assert_eq!(known_row.name.as_deref(), Some("Front door"));
+        assert!(known_row.is_whitelisted && known_row.is_active);
+        assert_eq!(known_row.created_at, known.created_at);
+        assert_eq!(known_row.last_seen, Some(at));
+        assert_eq!(new_row.firmware.as_deref(), Some("F9"));
+        assert!(new_row.is_active && !new_row.is_whitelisted);
+        assert_eq!(
+            store.terminal_by_sn("SN-NEW").await.expect("read"),
+            Some(new_row.clone())
+        );
+
+        let (twice, thrice) = (reg("SN-NEW", Some("F10")), reg("SN-NEW", Some("F11")));
+        let txn = db.begin().await.expect("begin");
+        let rows = Registration::apply_all(&[&twice, &thrice], &txn)
+            .await
+            .expect("same terminal twice");
+        txn.commit().await.expect("commit");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].firmware.as_deref(), Some("F11"));
+        assert!(rows.iter().all(|r| r.id == new_row.id));
+
+        let later = at + chrono::Duration::seconds(5);
+        let touches = [
+            Touch {
+                terminal_id: known.id,
+                seen: later,
+            },
+            Touch {
+                terminal_id: new_row.id,
+                seen: at + chrono::Duration::seconds(1),
+            },
+            Touch {
+                terminal_id: known.id,
+                seen: at + chrono::Duration::seconds(2),
+            },
+        ];
+        let txn = db.begin().await.expect("begin");
+        Touch::apply_all(&touches.iter().collect::<Vec<_>>(), &txn)
+            .await
+            .expect("touches");
+        txn.commit().await.expect("commit");
+        let seen = |sn: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .terminal_by_sn(sn)
+                    .await
+                    .expect("read")
+                    .expect("row")
+                    .last_seen
+            }
+        };
+        assert_eq!(seen("SN-KNOWN").await, Some(later));
+        assert_eq!(
+            seen("SN-NEW").await,
+            Some(at + chrono::Duration::seconds(1))
+        );
+    }
+
+    /// Concurrent look-ups share queries; each must still get its own answer, unknown keys included.
+    #[tokio::test]
+    async fn concurrent_lookups_each_get_their_own_terminal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _) = sqlite_store(&dir).await;
+        for i in 0..50 {
+            store
+                .record_registration(&format!("SN-{i:03}"), Some(format!("M{i}")), None, None)
+                .await
+                .expect("register");
+        }
+        let lookups = (0..100).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { (i, store.terminal_by_sn(&format!("SN-{i:03}")).await) })
+        });
+        for handle in lookups {
+            let (i, found) = handle.await.expect("task");
+            let found = found.expect("look-up");
+            if i < 50 {
+                assert_eq!(found.expect("known").model, Some(format!("M{i}")));
+            } else {
+                assert_eq!(found, None, "SN-{i:03} was never registered");
+            }
+        }
     }
 }

@@ -5,7 +5,10 @@
 use chrono::{DateTime, Utc};
 use entity::command;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 use uuid::Uuid;
 
 use super::{CommandState, Store, StoreError};
@@ -105,19 +108,11 @@ impl Store {
     /// # Errors
     /// On a database failure.
     pub async fn has_deliveries(&self, device: &str) -> Result<bool, StoreError> {
-        let found = command::Entity::find()
-            .select_only()
-            .column(command::Column::Id)
-            .filter(command::Column::Device.eq(device))
-            .filter(
-                command::Column::State
-                    .is_in([CommandState::Queued.as_str(), CommandState::Sent.as_str()]),
-            )
-            .filter(command::Column::DeliverQueued.eq(true))
-            .into_tuple::<Uuid>()
-            .one(&self.db)
-            .await?;
-        Ok(found.is_some())
+        Ok(self
+            .devices_with_deliveries
+            .get(device.to_owned())
+            .await?
+            .is_some())
     }
 
     /// Claims left behind by earlier connections of this device (it just registered, so they are dead):
@@ -277,4 +272,27 @@ impl Store {
         }
         Ok("queued")
     }
+}
+
+/// The devices among `devices` with commands to deliver (see [`super::batch_read`]).
+pub(super) async fn devices_with_deliveries(
+    db: DatabaseConnection,
+    devices: Vec<String>,
+) -> Result<std::collections::HashMap<String, ()>, DbErr> {
+    Ok(command::Entity::find()
+        .select_only()
+        .column(command::Column::Device)
+        .distinct()
+        .filter(command::Column::Device.is_in(devices))
+        .filter(
+            command::Column::State
+                .is_in([CommandState::Queued.as_str(), CommandState::Sent.as_str()]),
+        )
+        .filter(command::Column::DeliverQueued.eq(true))
+        .into_tuple::<String>()
+        .all(&db)
+        .await?
+        .into_iter()
+        .map(|device| (device, ()))
+        .collect())
 }
