@@ -272,7 +272,7 @@ impl Tm20Session {
                 .record_registration(&reg.sn, reg.model(), reg.firmware(), reg.devinfo.clone())
                 .await;
             Ok::<_, crate::store::StoreError>(match row {
-                Ok(row) => RegDecision::Accepted(Some(row.id)),
+                Ok(id) => RegDecision::Accepted(Some(id)),
                 Err(err) => {
                     tracing::error!(sn = %reg.sn, %err, "could not record a registration; will retry on the next write");
                     RegDecision::Accepted(None)
@@ -341,8 +341,7 @@ impl Tm20Session {
                 None => Ok(deps
                     .store
                     .record_registration(&sn, None, None, None)
-                    .await?
-                    .id),
+                    .await?),
             }
         }
     }
