@@ -28,6 +28,10 @@ use scenarios::Ctx;
 use server::Server;
 use stats::ErrorCounts;
 
+// Every cycle the load generator spends is one the server under test, on the same box, does not get.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "gatehouse-bench",
