@@ -119,24 +119,8 @@ impl GroupOp for AuditOp {
 const RECORD_CHUNK: usize = 128;
 
 fn record_model(row: &command::Model) -> command::ActiveModel {
-    let row = row.clone();
-    command::ActiveModel {
-        id: Set(row.id),
-        device_kind: Set(row.device_kind),
-        device: Set(row.device),
-        command: Set(row.command),
-        params: Set(row.params),
-        state: Set(row.state),
-        reply: Set(row.reply),
-        error: Set(row.error),
-        requested_at: Set(row.requested_at),
-        sent_at: Set(row.sent_at),
-        finished_at: Set(row.finished_at),
-        deliver_queued: Set(row.deliver_queued),
-        expires_at: Set(row.expires_at),
-        claim_token: Set(row.claim_token),
-        claimed_at: Set(row.claimed_at),
-    }
+    // Every column Set (from a Model they would be Unchanged), so the INSERT names them all.
+    sea_orm::ActiveModelTrait::reset_all(command::ActiveModel::from(row.clone()))
 }
 
 async fn insert_records(
