@@ -36,6 +36,12 @@ pub type ConnId = u64;
 
 /// Routes claimed concurrently when refreshing; bounds the Redis round trips in flight.
 const CLAIM_CONCURRENCY: usize = 64;
+/// A device whose first claim failed (a Redis time-out, a node whose Redis link is still coming up) is not
+/// routable from other nodes at all: its claim is retried after 1 s, 2 s and 3 s instead of waiting for the
+/// next route refresh (CLUSTER_ROUTE_TTL / 3). Beyond that, the refresh and the re-publication when Redis
+/// comes back take over (retrying every device every second through an outage would flood Redis after it).
+const FIRST_CLAIM_RETRIES: u32 = 3;
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
 
 /// A live session's mailbox, by device family.
 #[derive(Clone, Debug)]
@@ -74,6 +80,8 @@ struct Held {
     entry: Entry,
     /// This connection's epoch in the cluster directory; `None` until Redis has confirmed the claim.
     epoch: Option<u64>,
+    /// First claims of this connection that failed (see [`FIRST_CLAIM_RETRIES`]).
+    failed_claims: u32,
 }
 
 /// What `GET /api/connected` shows for one socket.
@@ -161,7 +169,13 @@ impl Registry {
     }
 
     /// Applies the directory's answer to a claim made for connection `conn_id` of `sn`.
-    fn on_claimed(&mut self, sn: String, conn_id: ConnId, claim: Result<Claim, ClusterError>) {
+    fn on_claimed(
+        &mut self,
+        ctx: &mut Context<Self>,
+        sn: String,
+        conn_id: ConnId,
+        claim: Result<Claim, ClusterError>,
+    ) {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
@@ -192,8 +206,25 @@ impl Registry {
                     );
                 }
             }
+            (Some(held), Err(err))
+                if held.epoch.is_none() && held.failed_claims < FIRST_CLAIM_RETRIES =>
+            {
+                held.failed_claims += 1;
+                let delay = CLAIM_RETRY * held.failed_claims;
+                let info = held.entry.info.clone();
+                drop(map);
+                tracing::warn!(sn = %sn, %err, ?delay, "could not publish the device's route; retrying");
+                ctx.run_later(delay, move |act, ctx| {
+                    let unclaimed = read(&act.devices)
+                        .get(&info.sn)
+                        .is_some_and(|held| held.entry.conn_id == conn_id && held.epoch.is_none());
+                    if unclaimed {
+                        act.claim(ctx, vec![(info, conn_id, 0)]);
+                    }
+                });
+            }
             (Some(_), Err(err)) => {
-                tracing::warn!(sn = %sn, %err, "could not publish the device's route; will retry");
+                tracing::warn!(sn = %sn, %err, "could not publish the device's route; the next route refresh retries");
             }
             // The connection went away while its claim was in flight: undo the claim.
             (None, Ok(Claim::Owned(epoch))) => {
@@ -222,9 +253,9 @@ impl Registry {
             }
             results
         };
-        ctx.spawn(work.into_actor(self).map(|results, act, _| {
+        ctx.spawn(work.into_actor(self).map(|results, act, ctx| {
             for (sn, conn_id, claim) in results {
-                act.on_claimed(sn, conn_id, claim);
+                act.on_claimed(ctx, sn, conn_id, claim);
             }
         }));
     }
@@ -305,7 +336,14 @@ impl Handler<Register> for Registry {
         metrics::counter!("gatehouse_registrations_total", "kind" => kind_label(info.protocol))
             .increment(1);
         self.count(info.protocol, 1);
-        let old = write(&self.devices).insert(sn.clone(), Held { entry, epoch: None });
+        let old = write(&self.devices).insert(
+            sn.clone(),
+            Held {
+                entry,
+                epoch: None,
+                failed_claims: 0,
+            },
+        );
         let replaced = match old {
             Some(old) if old.entry.conn_id != conn_id => {
                 self.count(old.entry.info.protocol, -1);

@@ -571,3 +571,52 @@ async fn a_command_queued_via_node_a_is_delivered_once_when_the_terminal_registe
         .count();
     assert_eq!(deliveries, 1, "exactly once");
 }
+
+/// A device whose first route claim fails is claimed again within seconds, not at the next route refresh
+/// (CLUSTER_ROUTE_TTL / 3: 10 s here): until then no other node can reach it.
+#[actix_rt::test]
+async fn a_failed_first_route_claim_is_retried_within_seconds() {
+    let (redis, _own) = shared_redis().await;
+    let prefix = unique_prefix();
+    let (db, dir) = fresh_database().await;
+    let a = spawn_app_on(db, dir, |s| {
+        cluster_settings(&redis, &prefix, "node-a")(s);
+        s.cluster_route_ttl = Duration::from_secs(30);
+    })
+    .await;
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // A key of the wrong type where the route goes makes the claim script fail (WRONGTYPE).
+    let route_key = format!("{prefix}:route:CL00011");
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(&route_key)
+        .arg("not a route")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _terminal = RawTerminal::register(&a.ws_url("/pub/chat"), "CL00011").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&route_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let route: Option<String> = redis::cmd("GET")
+            .arg(&route_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(route) = route {
+            let route: Value = serde_json::from_str(&route).unwrap();
+            assert_eq!(route["node"], "node-a", "{route}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the route was not claimed again within 6 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
