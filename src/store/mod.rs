@@ -223,10 +223,6 @@ impl group::GroupOp for Registration {
     ) -> Result<Vec<i32>, DbErr> {
         let mut seen = std::collections::HashSet::with_capacity(ops.len());
         if ops.iter().all(|reg| seen.insert(reg.sn.as_str())) {
-            // Chunks of power-of-two sizes up to 64 rows: every row count is its own SQL text, and sqlx
-            // keeps up to 100 prepared statements per connection; counts 1..=512 would each be kept (a
-            // 512-row statement is hundreds of KiB in SQLite). Seven sizes, at most a dozen statements a
-            // batch.
             let mut outs = Vec::with_capacity(ops.len());
             for chunk in power_of_two_chunks(ops, STATEMENT_ROWS) {
                 outs.extend(Registration::upsert(chunk, txn).await?);
