@@ -713,12 +713,20 @@ impl Store {
         if records.is_empty() {
             return Ok(0);
         }
-        let batch = LogBatch::new(
+        let mut batch = LogBatch::new(
             self.db.get_database_backend(),
             terminal_id,
             records,
             Utc::now(),
         )?;
+        // On PostgreSQL a batch of one statement (up to INSERT_CHUNK records) runs alone, without BEGIN and
+        // COMMIT around it: a single statement is atomic by itself, and it saves two round trips per batch
+        // (BENCHMARKS.md, session 8). SQLite batches share the attendance writer's transaction (group commit).
+        if self.db.get_database_backend() == DbBackend::Postgres && batch.statements.len() == 1 {
+            if let Some(statement) = batch.statements.pop() {
+                return Ok(self.db.execute_raw(statement).await?.rows_affected());
+            }
+        }
         self.logs.write(batch).await
     }
 
