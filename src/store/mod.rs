@@ -70,8 +70,8 @@ const LOG_GROUP_ROWS: usize = 5_000;
 /// Attendance batches that may wait for the writer (each is one terminal waiting for its ack).
 const LOG_GROUP_QUEUE: usize = 1_024;
 
-/// Pool settings; `max` connections.
-fn connect_options(url: &str, max: u32, durable: bool) -> ConnectOptions {
+/// Pool settings; `max` connections. `writer`: a group writer's own connection (see [`writer_connection`]).
+fn connect_options(url: &str, max: u32, durable: bool, writer: bool) -> ConnectOptions {
     let synchronous = if durable {
         sea_orm::sqlx::sqlite::SqliteSynchronous::Full
     } else {
@@ -95,6 +95,12 @@ fn connect_options(url: &str, max: u32, durable: bool) -> ConnectOptions {
                 // Checkpoints are the checkpoint task's job, not a committing writer's (see `checkpoint`).
                 .pragma("wal_autocheckpoint", "0")
                 .pragma("journal_size_limit", checkpoint::WAL_SIZE_LIMIT.to_string())
+                // A writer's multi-row statements keep the old image of each page they change in a statement
+                // journal, which SQLite spills to a temporary file past 64 KiB: with batches of hundreds of
+                // rows that was a pwrite call per page, as many as to the WAL (strace). In memory it is a copy,
+                // freed at the end of the statement (ingestion rate unchanged within the noise: BENCHMARKS.md,
+                // session 8). The pool's readers keep the default (large sorts may spill to disk).
+                .pragma("temp_store", if writer { "memory" } else { "default" })
         });
     options
 }
@@ -111,7 +117,7 @@ async fn writer_connection(
     if pool.get_database_backend() != DbBackend::Sqlite {
         return Ok(pool.clone());
     }
-    Ok(Database::connect(connect_options(url, 1, durable)).await?)
+    Ok(Database::connect(connect_options(url, 1, durable, true)).await?)
 }
 
 /// A terminal's `reg`: its row is created, or its model, firmware and devinfo refreshed (what is absent is
@@ -416,7 +422,7 @@ impl Store {
     /// # Errors
     /// When the database cannot be reached or opened.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let db = Database::connect(connect_options(url, 16, true)).await?;
+        let db = Database::connect(connect_options(url, 16, true, false)).await?;
         let audit = audit::AuditWriter::start(
             writer_connection(url, &db, true).await?,
             "command_audit",
@@ -1268,6 +1274,21 @@ mod tests {
         let again =
             LogBatch::new(DbBackend::Sqlite, terminal_id, &[record(8)], Utc::now()).expect("batch");
         assert_eq!(store.logs.write(again).await.expect("re-send"), 0);
+    }
+
+    /// A group writer's connection keeps statement journals in memory (`temp_store=2`), the pool's readers
+    /// keep SQLite's default (0); both stay durable (`synchronous=FULL`, 2).
+    #[tokio::test]
+    async fn writer_connections_keep_statement_journals_in_memory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, path) = sqlite_store(&dir).await;
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let writer = writer_connection(&url, store.connection(), true)
+            .await
+            .expect("writer connection");
+        assert_eq!(scalar(&writer, "PRAGMA temp_store").await, 2);
+        assert_eq!(scalar(&writer, "PRAGMA synchronous").await, 2);
+        assert_eq!(scalar(store.connection(), "PRAGMA temp_store").await, 0);
     }
 
     /// Writers commit with `wal_autocheckpoint=0`; the checkpoint task must still copy what they commit
