@@ -96,10 +96,10 @@ fn connect_options(url: &str, max: u32, durable: bool, writer: bool) -> ConnectO
                 .pragma("wal_autocheckpoint", "0")
                 .pragma("journal_size_limit", checkpoint::WAL_SIZE_LIMIT.to_string())
                 // A writer's multi-row statements keep the old image of each page they change in a statement
-                // journal, which SQLite spills to a temporary file past 64 KiB: with batches of hundreds of
-                // rows that was a pwrite call per page, as many as to the WAL (strace). In memory it is a copy,
-                // freed at the end of the statement (ingestion rate unchanged within the noise: BENCHMARKS.md,
-                // session 8). The pool's readers keep the default (large sorts may spill to disk).
+                // journal, which SQLite spills to a temporary file past 64 KiB: the attendance writer made as
+                // many pwrite calls to that file as to the WAL (strace, batches of 50 records). In memory it is
+                // a copy, dropped when the statement ends (ingestion rate unchanged within the noise:
+                // BENCHMARKS.md, session 8). The pool's readers keep the default (large sorts may spill).
                 .pragma("temp_store", if writer { "memory" } else { "default" })
         });
     options
