@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{http::StatusCode, web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -182,18 +182,30 @@ pub async fn send(
         Ok(Ran::Queued(id)) => {
             Ok(HttpResponse::Accepted().json(json!({"id": id, "state": "queued"})))
         }
-        Ok(Ran::Finished { id, result, reply }) => Ok(HttpResponse::Ok().json(json!({
-            "id": id,
-            "command": command_name,
-            "result": result,
-            "reply": reply,
-            "ignored": validated.ignored,
-            "elapsed_ms": started.elapsed().as_millis() as u64,
-        }))),
+        Ok(Ran::Finished { id, result, reply }) => Ok(HttpResponse::Ok().json(Answered {
+            command: command_name,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            id,
+            ignored: &validated.ignored,
+            reply: &reply,
+            result,
+        })),
         Err(Answer::Api(err)) => Err(err),
         // A remote node's error answer, passed through unchanged.
         Err(Answer::Raw { status, body }) => Ok(HttpResponse::build(status).json(body)),
     }
+}
+
+/// The 200 answer of a command. Serialized straight from this struct rather than through a `json!` map built
+/// and dropped per call; fields in alphabetical order, the order `json!` gave them.
+#[derive(Serialize)]
+struct Answered<'a> {
+    command: &'a str,
+    elapsed_ms: u64,
+    id: Uuid,
+    ignored: &'a [String],
+    reply: &'a Value,
+    result: bool,
 }
 
 /// Either an error of ours or one relayed verbatim from the node that ran the command.

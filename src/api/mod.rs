@@ -60,10 +60,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ws/tm20", web::get().to(websocket::tm20))
         .route("/ws/events", web::get().to(events::subscribe))
         .route("/metrics", web::get().to(metrics_with_token))
-        .route("/ocpp/{id}", web::get().to(websocket::ocpp))
-        .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
         .route("/ws/echo", web::get().to(echo::echo))
-        .configure(configure_sxdm)
+        .configure(configure_sxdm_api)
         // Before the `/api` scope: the document needs no token.
         .route("/api/openapi.json", web::get().to(openapi::serve))
         // Before the `/api` scope, whose admin-token guard would refuse a kiosk's RFID_LOGIN_TOKEN.
@@ -83,11 +81,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/api")
                 .wrap(from_fn(concrete_paths_first))
                 .wrap(from_fn(require_token))
+                // The busiest route first: every templated route tried before the matching one costs a regex
+                // match per request (actix-router), and no other route matches `/terminals/{sn}/command`.
+                .route("/terminals/{sn}/command", web::post().to(commands::send))
                 .route("/terminals", web::get().to(terminals::list))
                 .route("/terminals/{sn}", web::get().to(terminals::detail))
                 .route("/terminals/{sn}", web::patch().to(terminals::patch))
                 .route("/terminals/{sn}", web::put().to(terminals::put))
-                .route("/terminals/{sn}/command", web::post().to(commands::send))
                 .route("/terminals/{sn}/users", web::get().to(terminals::users))
                 .route("/terminals/{sn}/logs", web::get().to(terminals::logs))
                 .route("/commands", web::get().to(commands::list))
@@ -198,6 +198,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .default_service(web::to(not_found)),
         )
+        // Templated routes outside `/api` after the `/api` scope, whose static prefix is checked without a regex:
+        // before it, each was a regex match on every REST call. No `/api` path can match them.
+        .route("/ocpp/{id}", web::get().to(websocket::ocpp))
+        .route("/ws/ocpp/{id}", web::get().to(websocket::ocpp))
+        .configure(configure_sxdm_outside_api)
         .default_service(web::to(fallback));
 }
 
@@ -206,10 +211,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// would refuse them) and on the dedicated `SXDM_BIND` listener. Third-party calls (`sxdmSn`) are caught
 /// earlier, by [`panels::intercept`].
 pub fn configure_sxdm(cfg: &mut web::ServiceConfig) {
+    configure_sxdm_api(cfg);
+    configure_sxdm_outside_api(cfg);
+}
+
+/// The manager's routes under `/api`: on the main port they must come before the `/api` scope.
+fn configure_sxdm_api(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/websocket", web::get().to(panels::websocket))
-        .route("/ws/api/websocket", web::get().to(panels::websocket))
         .route("/api/device/status", web::get().to(panels::status_list))
-        .route("/api/device/status/{sn}", web::get().to(panels::status_one))
+        .route("/api/device/status/{sn}", web::get().to(panels::status_one));
+}
+
+fn configure_sxdm_outside_api(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws/api/websocket", web::get().to(panels::websocket))
         .route(
             "/openapi/manager/status",
             web::get().to(panels::status_list),

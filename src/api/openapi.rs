@@ -6,6 +6,7 @@
 //! `tests/api/openapi.rs` fails when a route of [`super::configure`] is missing here (or a documented path is
 //! not routed); CI runs schemathesis against a live node with this document (README, "OpenAPI").
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use actix_web::HttpResponse;
@@ -247,15 +248,27 @@ pub fn allowed_methods(path: &str) -> Vec<&'static str> {
 /// concrete paths before templated ones: `GET /api/subscriptions/subscribe` is a wrong method on
 /// `/api/subscriptions/subscribe`, not a subscription id.
 pub fn concrete_methods(path: &str) -> Option<Vec<&'static str>> {
-    let wanted: Vec<&str> = segments(path).collect();
-    ROUTED
-        .iter()
-        .find(|(template, _)| {
-            !template.iter().any(|t| is_param(t))
-                && template.len() == wanted.len()
-                && template.iter().zip(&wanted).all(|(t, w)| t.as_str() == *w)
-        })
-        .map(|(_, methods)| methods.clone())
+    CONCRETE.get(&segment_key(path)).cloned()
+}
+
+/// The concrete templates of [`ROUTED`] by [`segment_key`]: every REST call asks (see
+/// `api::concrete_paths_first`), so it is one hash look-up rather than a scan of the route table. The first
+/// template of a path wins, as a scan in order would have it.
+static CONCRETE: LazyLock<HashMap<String, Vec<&'static str>>> = LazyLock::new(|| {
+    let mut concrete = HashMap::new();
+    for (template, methods) in ROUTED.iter() {
+        if !template.iter().any(|t| is_param(t)) {
+            concrete
+                .entry(template.join("/"))
+                .or_insert_with(|| methods.clone());
+        }
+    }
+    concrete
+});
+
+/// A path's non-empty segments joined by `/`, so `/api//x/` and `/api/x` are the same key.
+fn segment_key(path: &str) -> String {
+    segments(path).collect::<Vec<_>>().join("/")
 }
 
 /// Rendered once: the document does not change while the process runs.
@@ -1197,5 +1210,26 @@ mod schemas {
         Active,
         Cancelled,
         Expired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{allowed_methods, concrete_methods};
+
+    #[test]
+    fn concrete_paths_are_found_however_slashes_are_written() {
+        assert_eq!(
+            concrete_methods("/api/subscriptions/subscribe"),
+            Some(vec!["POST"])
+        );
+        assert_eq!(
+            concrete_methods("//api/subscriptions//subscribe/"),
+            Some(vec!["POST"])
+        );
+        // A value of a template's parameter is not a concrete path.
+        assert_eq!(concrete_methods("/api/subscriptions/42"), None);
+        assert_eq!(concrete_methods("/api/terminals/SN1/command"), None);
+        assert_eq!(allowed_methods("/api/terminals/SN1/command"), vec!["POST"]);
     }
 }

@@ -246,25 +246,53 @@ impl EventBus {
         kind: Option<&str>,
         data: Value,
     ) {
+        self.publish_with(kind_of_event, device, kind, move || data);
+    }
+
+    /// [`Self::publish`] with the data built only when someone can receive the event: on a node with no
+    /// subscriber and no cluster, every command and attendance record used to build (and clone) an event's
+    /// JSON only to drop it. The event still counts (`stats` topic).
+    pub fn publish_with(
+        &self,
+        kind_of_event: &str,
+        device: Option<&str>,
+        kind: Option<&str>,
+        data: impl FnOnce() -> Value,
+    ) {
+        if !self.listened() {
+            self.inner.counters.events.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let event = Event {
             kind_of_event: kind_of_event.to_owned(),
             device: device.map(str::to_owned),
             kind: kind.map(str::to_owned),
             node: self.inner.node.clone(),
             at: Utc::now(),
-            data,
+            data: data(),
             target: None,
         };
         self.publish_event(event);
     }
 
+    /// Whether a published event can reach anyone: a local subscriber, or the other nodes of a cluster.
+    fn listened(&self) -> bool {
+        self.subscriber_count() > 0
+            || self
+                .inner
+                .remote
+                .read()
+                .map(|remote| remote.is_some())
+                .unwrap_or(true)
+    }
+
     /// A `command` event for a state change short of the outcome (`queued`, `sent`, `expired`, `cancelled`).
     pub fn command_state(&self, device: &str, kind: &str, id: Uuid, command: &str, state: &str) {
-        self.publish(
+        self.publish_with(
             "command",
             Some(device),
             Some(kind),
-            serde_json::json!({"id": id, "command": command, "state": state}),
+            || serde_json::json!({"id": id, "command": command, "state": state}),
         );
     }
 
@@ -382,5 +410,43 @@ mod tests {
         assert_eq!(events[0]["data"]["i"], 5, "the oldest were dropped");
         bus.unsubscribe(door.id);
         assert_eq!(bus.subscriber_count(), 1);
+    }
+
+    #[test]
+    fn event_data_is_built_only_when_someone_can_receive_it() {
+        let bus = EventBus::new("n1".into());
+        let built = std::cell::Cell::new(0);
+        let data = || {
+            built.set(built.get() + 1);
+            json!({"enrollid": 1})
+        };
+        bus.publish_with("attendance", Some("SN1"), Some("tm20"), data);
+        assert_eq!(
+            built.get(),
+            0,
+            "no subscriber, no cluster: nothing to build"
+        );
+        assert_eq!(
+            bus.counters().events.load(Ordering::Relaxed),
+            1,
+            "still counted"
+        );
+
+        let sub = bus.subscribe();
+        sub.set_topics(&["attendance".into()], &[]);
+        bus.publish_with("attendance", Some("SN1"), Some("tm20"), data);
+        assert_eq!(built.get(), 1);
+        assert_eq!(sub.take(10).0.len(), 1);
+        bus.unsubscribe(sub.id);
+
+        // In a cluster the other nodes may have subscribers.
+        let carried = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&carried);
+        bus.set_remote(Arc::new(move |_event| {
+            count.fetch_add(1, Ordering::Relaxed);
+        }));
+        bus.publish_with("attendance", Some("SN1"), Some("tm20"), data);
+        assert_eq!((built.get(), carried.load(Ordering::Relaxed)), (2, 1));
+        assert_eq!(bus.counters().events.load(Ordering::Relaxed), 3);
     }
 }

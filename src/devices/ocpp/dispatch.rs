@@ -166,17 +166,14 @@ async fn track(
         .increment(1);
     metrics::histogram!("gatehouse_command_duration_seconds", "kind" => super::DEVICE_KIND)
         .record(started.elapsed().as_secs_f64());
-    let (event_state, payload) = match &finished {
-        Finished::Result(payload) => ("succeeded", payload.clone()),
-        Finished::Error(error) => ("failed", error.clone()),
-        Finished::TimedOut => ("timed_out", Value::Null),
-        Finished::Disconnected => ("failed", Value::Null),
-    };
-    events.publish(
-        "command",
-        Some(&device),
-        Some(super::DEVICE_KIND),
-        serde_json::json!({"id": id, "command": action, "state": event_state, "reply": payload}),
-    );
+    events.publish_with("command", Some(&device), Some(super::DEVICE_KIND), || {
+        let (event_state, payload) = match &finished {
+            Finished::Result(payload) => ("succeeded", payload.clone()),
+            Finished::Error(error) => ("failed", error.clone()),
+            Finished::TimedOut => ("timed_out", Value::Null),
+            Finished::Disconnected => ("failed", Value::Null),
+        };
+        serde_json::json!({"id": id, "command": action, "state": event_state, "reply": payload})
+    });
     let _ = done.send(finished);
 }

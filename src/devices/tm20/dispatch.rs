@@ -267,19 +267,16 @@ fn publish_command(
         .counters()
         .commands
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (state, result, reply) = match finished {
-        Finished::Replied { result, reply } => (
-            if *result { "succeeded" } else { "failed" },
-            Some(*result),
-            reply.clone(),
-        ),
-        Finished::TimedOut => ("timed_out", None, Value::Null),
-        Finished::Disconnected => ("failed", None, Value::Null),
-    };
-    events.publish(
-        "command",
-        Some(device),
-        Some(kind),
-        json!({"id": id, "command": command, "state": state, "result": result, "reply": reply}),
-    );
+    events.publish_with("command", Some(device), Some(kind), || {
+        let (state, result, reply) = match finished {
+            Finished::Replied { result, reply } => (
+                if *result { "succeeded" } else { "failed" },
+                Some(*result),
+                reply.clone(),
+            ),
+            Finished::TimedOut => ("timed_out", None, Value::Null),
+            Finished::Disconnected => ("failed", None, Value::Null),
+        };
+        json!({"id": id, "command": command, "state": state, "result": result, "reply": reply})
+    });
 }

@@ -397,13 +397,15 @@ impl Tm20Session {
             return;
         };
         for record in records {
-            let mut data = record.raw.clone();
-            if let Some(fields) = data.as_object_mut() {
-                fields.remove("image");
-            }
             self.deps
                 .events
-                .publish("attendance", Some(sn), Some(super::DEVICE_KIND), data);
+                .publish_with("attendance", Some(sn), Some(super::DEVICE_KIND), || {
+                    let mut data = record.raw.clone();
+                    if let Some(fields) = data.as_object_mut() {
+                        fields.remove("image");
+                    }
+                    data
+                });
         }
     }
 
