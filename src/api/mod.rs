@@ -207,9 +207,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The routes of the panels' manager (SxDeviceManager): the panel WebSocket and the status endpoints, with
-/// `sxdmToken` instead of the admin token. Served on the main port (before the `/api` scope, whose token guard
-/// would refuse them) and on the dedicated `SXDM_BIND` listener. Third-party calls (`sxdmSn`) are caught
-/// earlier, by [`panels::intercept`].
+/// `sxdmToken` instead of the admin token. Served on the dedicated `SXDM_BIND` listener, and on the main port
+/// (there, those under `/api` before the `/api` scope, whose token guard would refuse them; the others after
+/// it). Third-party calls (`sxdmSn`) are caught earlier, by [`panels::intercept`].
 pub fn configure_sxdm(cfg: &mut web::ServiceConfig) {
     configure_sxdm_api(cfg);
     configure_sxdm_outside_api(cfg);

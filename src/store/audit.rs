@@ -200,23 +200,7 @@ fn insert_records_sql(backend: DbBackend, rows: usize) -> String {
         let _ = write!(sql, "\"{column}\"");
     }
     sql.push_str(") VALUES ");
-    let mut param = 0;
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for i in 0..RECORD_COLUMNS.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            param += 1;
-            match backend {
-                DbBackend::Postgres => {
-                    let _ = write!(sql, "${param}");
-                }
-                _ => sql.push('?'),
-            }
-        }
-        sql.push(')');
-    }
+    super::push_placeholder_rows(&mut sql, backend, rows, RECORD_COLUMNS.len());
     sql
 }
 

@@ -392,16 +392,31 @@ const LOG_COLUMNS: usize = 10;
 /// cost. The natural key `(terminal_id, enrollid, time, mode, inout, event)` is the conflict target: a record
 /// already stored under it is skipped, so a re-sent batch adds nothing.
 fn insert_logs_sql(backend: DbBackend, rows: usize) -> String {
-    use std::fmt::Write;
     let mut sql = String::with_capacity(256 + rows * 64);
     sql.push_str(
         "INSERT INTO \"attendance_logs\" (\"terminal_id\", \"enrollid\", \"time\", \"mode\", \"inout\", \"event\", \
          \"temp\", \"verifymode\", \"raw\", \"received_at\") VALUES ",
     );
+    push_placeholder_rows(&mut sql, backend, rows, LOG_COLUMNS);
+    sql.push_str(
+        " ON CONFLICT (\"terminal_id\", \"enrollid\", \"time\", \"mode\", \"inout\", \"event\") DO NOTHING",
+    );
+    sql
+}
+
+/// Appends `(?, ?, …), (…)`: `rows` rows of `columns` placeholders, numbered `$1, $2, …` on PostgreSQL, as
+/// sea-query writes them.
+pub(crate) fn push_placeholder_rows(
+    sql: &mut String,
+    backend: DbBackend,
+    rows: usize,
+    columns: usize,
+) {
+    use std::fmt::Write;
     let mut param = 0;
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..LOG_COLUMNS {
+        for column in 0..columns {
             if column > 0 {
                 sql.push_str(", ");
             }
@@ -415,10 +430,6 @@ fn insert_logs_sql(backend: DbBackend, rows: usize) -> String {
         }
         sql.push(')');
     }
-    sql.push_str(
-        " ON CONFLICT (\"terminal_id\", \"enrollid\", \"time\", \"mode\", \"inout\", \"event\") DO NOTHING",
-    );
-    sql
 }
 
 /// "%F %T%.f" (how sqlx binds a `NaiveDateTime` on SQLite), parsed once: parsing it per record was a tenth of
