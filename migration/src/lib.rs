@@ -11,6 +11,7 @@ mod m20261122_000003_add_command_delivery;
 mod m20261122_015600_create_account_tables;
 mod m20261122_030000_create_panel_tables;
 mod m20261122_040000_create_billing_tables;
+mod m20261207_000001_index_queued_deliveries_only;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_015600_create_account_tables::Migration),
             Box::new(m20261122_030000_create_panel_tables::Migration),
             Box::new(m20261122_040000_create_billing_tables::Migration),
+            Box::new(m20261207_000001_index_queued_deliveries_only::Migration),
         ]
     }
 }

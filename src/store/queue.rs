@@ -31,7 +31,7 @@ impl Store {
         Ok(command::Entity::find()
             .filter(command::Column::Device.eq(device))
             .filter(command::Column::State.eq(CommandState::Queued.as_str()))
-            .filter(command::Column::DeliverQueued.eq(true))
+            .filter(queued_delivery())
             .count(&self.db)
             .await?)
     }
@@ -87,7 +87,7 @@ impl Store {
             )
             .filter(command::Column::Id.eq(id))
             .filter(command::Column::State.eq(CommandState::Queued.as_str()))
-            .filter(command::Column::DeliverQueued.eq(true))
+            .filter(queued_delivery())
             .filter(command::Column::ClaimToken.is_null())
             .exec(&self.db)
             .await?;
@@ -137,7 +137,7 @@ impl Store {
             )
             .col_expr(command::Column::FinishedAt, Expr::value(now))
             .filter(command::Column::Device.eq(device))
-            .filter(command::Column::DeliverQueued.eq(true))
+            .filter(queued_delivery())
             .filter(command::Column::State.eq(CommandState::Sent.as_str()))
             .filter(command::Column::Command.is_in(unsafe_commands.iter().copied()))
             .exec(&self.db)
@@ -156,7 +156,7 @@ impl Store {
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
             .filter(command::Column::Device.eq(device))
-            .filter(command::Column::DeliverQueued.eq(true))
+            .filter(queued_delivery())
             .filter(
                 command::Column::State
                     .is_in([CommandState::Queued.as_str(), CommandState::Sent.as_str()]),
@@ -172,15 +172,7 @@ impl Store {
     /// # Errors
     /// On a database failure.
     pub async fn next_queued(&self, device: &str) -> Result<Option<command::Model>, StoreError> {
-        Ok(command::Entity::find()
-            .filter(command::Column::Device.eq(device))
-            .filter(command::Column::DeliverQueued.eq(true))
-            .filter(command::Column::State.eq(CommandState::Queued.as_str()))
-            .filter(command::Column::ClaimToken.is_null())
-            .order_by_asc(command::Column::RequestedAt)
-            .order_by_asc(command::Column::Id)
-            .one(&self.db)
-            .await?)
+        Ok(next_queued_query(device).one(&self.db).await?)
     }
 
     /// Takes a queued command for delivery; `false` when another node (or loop) got it first.
@@ -279,7 +271,18 @@ pub(super) async fn devices_with_deliveries(
     db: DatabaseConnection,
     devices: Vec<String>,
 ) -> Result<std::collections::HashMap<String, ()>, DbErr> {
-    Ok(command::Entity::find()
+    Ok(devices_with_deliveries_query(devices)
+        .into_tuple::<String>()
+        .all(&db)
+        .await?
+        .into_iter()
+        .map(|device| (device, ()))
+        .collect())
+}
+
+/// Asked at every registration, for a batch of devices.
+fn devices_with_deliveries_query(devices: Vec<String>) -> sea_orm::Select<command::Entity> {
+    command::Entity::find()
         .select_only()
         .column(command::Column::Device)
         .distinct()
@@ -288,11 +291,72 @@ pub(super) async fn devices_with_deliveries(
             command::Column::State
                 .is_in([CommandState::Queued.as_str(), CommandState::Sent.as_str()]),
         )
-        .filter(command::Column::DeliverQueued.eq(true))
-        .into_tuple::<String>()
-        .all(&db)
-        .await?
-        .into_iter()
-        .map(|device| (device, ()))
-        .collect())
+        .filter(queued_delivery())
+}
+
+fn next_queued_query(device: &str) -> sea_orm::Select<command::Entity> {
+    command::Entity::find()
+        .filter(command::Column::Device.eq(device))
+        .filter(queued_delivery())
+        .filter(command::Column::State.eq(CommandState::Queued.as_str()))
+        .filter(command::Column::ClaimToken.is_null())
+        .order_by_asc(command::Column::RequestedAt)
+        .order_by_asc(command::Column::Id)
+}
+
+/// `deliver_queued = TRUE` with the literal in the SQL, not a bound parameter: the index the offline queue's
+/// look-ups use is partial on exactly this term, and PostgreSQL cannot prove a bound parameter true in a
+/// generic (cached) plan (SQLite re-prepares with the bound value; migration `m20261207_000001`).
+fn queued_delivery() -> Expr {
+    sea_orm::sea_query::ExprTrait::eq(
+        Expr::col(command::Column::DeliverQueued),
+        Expr::cust("TRUE"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+
+    use super::*;
+
+    /// SQLite's plan for a query, one line per step.
+    async fn plan(store: &Store, query: sea_orm::Select<command::Entity>) -> String {
+        let built = query.build(DbBackend::Sqlite);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", built.sql),
+            built.values.map(|v| v.0).unwrap_or_default(),
+        );
+        store
+            .connection()
+            .query_all_raw(explain)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.try_get::<String>("", "detail").expect("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The offline queue's look-ups must be covered by the partial index: a query the index's `WHERE` does not
+    /// provably hold for would fall back to `(device, requested_at)` and walk a device's every live command.
+    #[tokio::test]
+    async fn queue_look_ups_use_the_partial_index_of_queued_deliveries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gh.db");
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        let index = "ix_commands_queued_device_state";
+        let next = plan(&store, next_queued_query("SN1")).await;
+        assert!(next.contains(index), "next_queued: {next}");
+        let batch = plan(
+            &store,
+            devices_with_deliveries_query(vec!["SN1".into(), "SN2".into()]),
+        )
+        .await;
+        assert!(batch.contains(index), "devices_with_deliveries: {batch}");
+    }
 }
