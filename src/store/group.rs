@@ -8,10 +8,11 @@
 //! [`GroupWriter`]).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::StoreError;
 
@@ -53,7 +54,20 @@ pub(crate) trait GroupOp: Send + Sync + 'static {
 
 struct Write<Op: GroupOp> {
     op: Op,
-    done: oneshot::Sender<Result<Op::Out, DbErr>>,
+    /// The waiting caller; `None` for a write behind.
+    done: Option<oneshot::Sender<Result<Op::Out, DbErr>>>,
+}
+
+impl<Op: GroupOp> Write<Op> {
+    fn someone_waits(&self) -> bool {
+        self.done.as_ref().is_some_and(|done| !done.is_closed())
+    }
+
+    fn answer(self, result: Result<Op::Out, DbErr>) {
+        if let Some(done) = self.done {
+            let _ = done.send(result);
+        }
+    }
 }
 
 enum Job<Op: GroupOp> {
@@ -65,6 +79,8 @@ enum Job<Op: GroupOp> {
 /// Handle to one writer task; cheap to clone.
 pub(crate) struct GroupWriter<Op: GroupOp> {
     tx: mpsc::Sender<Job<Op>>,
+    /// Cuts a lingering transaction's wait short when a caller waits for its write (see [`run`]).
+    urgent: Arc<Notify>,
     name: &'static str,
     /// The writer's connection (on PostgreSQL, the shared pool).
     db: DatabaseConnection,
@@ -78,6 +94,7 @@ impl<Op: GroupOp> Clone for GroupWriter<Op> {
     fn clone(&self) -> Self {
         GroupWriter {
             tx: self.tx.clone(),
+            urgent: self.urgent.clone(),
             name: self.name,
             db: self.db.clone(),
             direct: self.direct.clone(),
@@ -120,9 +137,18 @@ impl<Op: GroupOp> GroupWriter<Op> {
         let direct = (db.get_database_backend() != DbBackend::Sqlite).then(|| db.clone());
         // On PostgreSQL the task serves writes behind (nobody waits on them, so sharing a transaction costs
         // no one a round trip).
-        tokio::spawn(run(db.clone(), rx, name, max_weight, linger));
+        let urgent = Arc::new(Notify::new());
+        tokio::spawn(run(
+            db.clone(),
+            rx,
+            urgent.clone(),
+            name,
+            max_weight,
+            linger,
+        ));
         GroupWriter {
             tx,
+            urgent,
             name,
             db,
             direct,
@@ -135,6 +161,7 @@ impl<Op: GroupOp> GroupWriter<Op> {
         let flushed = async {
             let (done, flushed) = oneshot::channel();
             if self.tx.send(Job::Flush(done)).await.is_ok() {
+                self.urgent.notify_one();
                 let _ = flushed.await;
             }
             // On PostgreSQL `db` is the shared pool, which the store closes once every writer is flushed.
@@ -148,11 +175,30 @@ impl<Op: GroupOp> GroupWriter<Op> {
     /// Queues `op` without waiting for its commit: it shares the next transaction with whatever else is
     /// waiting, on either database. Waits only for room in the queue (back-pressure).
     pub(crate) async fn write_behind(&self, op: Op) -> Result<(), StoreError> {
-        let (done, _) = oneshot::channel();
         self.tx
-            .send(Job::Write(Write { op, done }))
+            .send(Job::Write(Write { op, done: None }))
             .await
             .map_err(|_| StoreError::Db(DbErr::Custom(format!("the {} writer stopped", self.name))))
+    }
+
+    /// [`Self::write_behind`] for a caller that cannot wait: queued at once, or, when the queue is full, by a
+    /// task that waits for room (the caller is not held back, the queue stays bounded).
+    pub(crate) fn write_behind_now(&self, op: Op) {
+        match self.tx.try_send(Job::Write(Write { op, done: None })) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                let tx = self.tx.clone();
+                super::spawn_detached(self.name, async move {
+                    let _ = tx.send(job).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(
+                    writer = self.name,
+                    "the writer stopped; a write behind is lost"
+                );
+            }
+        }
     }
 
     /// Applies `op`, returning its outcome once it is committed.
@@ -168,9 +214,13 @@ impl<Op: GroupOp> GroupWriter<Op> {
         let (done, answer) = oneshot::channel();
         let gone = || StoreError::Db(DbErr::Custom(format!("the {} writer stopped", self.name)));
         self.tx
-            .send(Job::Write(Write { op, done }))
+            .send(Job::Write(Write {
+                op,
+                done: Some(done),
+            }))
             .await
             .map_err(|_| gone())?;
+        self.urgent.notify_one();
         answer.await.map_err(|_| gone())?.map_err(StoreError::Db)
     }
 }
@@ -178,6 +228,7 @@ impl<Op: GroupOp> GroupWriter<Op> {
 async fn run<Op: GroupOp>(
     db: DatabaseConnection,
     mut rx: mpsc::Receiver<Job<Op>>,
+    urgent: Arc<Notify>,
     name: &'static str,
     max_weight: usize,
     linger: Duration,
@@ -200,19 +251,26 @@ async fn run<Op: GroupOp>(
             },
         };
         let mut weight = first.op.weight();
-        let mut someone_waits = !first.done.is_closed();
+        let mut someone_waits = first.someone_waits();
         batch.push(first);
         let mut flushes = Vec::new();
-        let deadline = tokio::time::Instant::now() + linger;
+        let mut lingered = linger.is_zero();
         while weight < max_weight {
             let next = match rx.try_recv() {
                 Ok(job) => job,
-                Err(_) if linger.is_zero() || someone_waits => break,
-                // Only writes behind so far: wait a little for more to share the commit.
-                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(job)) => job,
-                    Ok(None) | Err(_) => break,
-                },
+                Err(_) if lingered || someone_waits => break,
+                // Only writes behind so far: wait a little for more to share the commit, then take what came.
+                // Sleeping out the wait instead of receiving through it: each write would wake this task, and
+                // a wake from another thread is a syscall and a context switch per write (BENCHMARKS.md,
+                // session 10). A caller waiting for its write ends the wait.
+                Err(_) => {
+                    lingered = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(linger) => {}
+                        () = urgent.notified() => {}
+                    }
+                    continue;
+                }
             };
             match next {
                 Job::Flush(done) => {
@@ -225,7 +283,7 @@ async fn run<Op: GroupOp>(
                 }
                 Job::Write(write) => {
                     weight += write.op.weight();
-                    someone_waits |= !write.done.is_closed();
+                    someone_waits |= write.someone_waits();
                     batch.push(write);
                 }
             }
@@ -237,7 +295,7 @@ async fn run<Op: GroupOp>(
             Ok(outs) => {
                 for (job, out) in batch.drain(..).zip(outs) {
                     job.op.settled();
-                    let _ = job.done.send(Ok(out));
+                    job.answer(Ok(out));
                 }
             }
             // One bad write must not fail its neighbours: retry each alone, so only it gets the error.
@@ -255,14 +313,14 @@ async fn run<Op: GroupOp>(
                         tracing::error!(writer = name, %err, "a write failed");
                     }
                     job.op.settled();
-                    let _ = job.done.send(result);
+                    job.answer(result);
                 }
             }
             Err(err) => {
                 tracing::error!(writer = name, %err, "a write failed");
                 for job in batch.drain(..) {
                     job.op.settled();
-                    let _ = job.done.send(Err(DbErr::Custom(err.to_string())));
+                    job.answer(Err(DbErr::Custom(err.to_string())));
                 }
             }
         }

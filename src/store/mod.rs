@@ -432,6 +432,21 @@ pub(crate) fn push_placeholder_rows(
     }
 }
 
+/// Spawns a write that nobody waits for, from code that may run outside a runtime (a device session's
+/// commands are settled when it is dropped, which at shutdown may be after its runtime is gone): there the
+/// write is lost and logged instead of panicking.
+pub(crate) fn spawn_detached(
+    writer: &'static str,
+    write: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(write);
+        }
+        Err(_) => tracing::error!(writer, "no runtime to write on; a write behind is lost"),
+    }
+}
+
 /// "%F %T%.f" (how sqlx binds a `NaiveDateTime` on SQLite), parsed once: parsing it per record was a tenth of
 /// building a batch.
 static SQLITE_NAIVE_TIME: std::sync::LazyLock<Vec<chrono::format::Item<'static>>> =
@@ -960,14 +975,82 @@ impl Store {
     /// # Errors
     /// On a database failure.
     pub async fn mark_command_sent(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-        if let Some(row) = self.live().get_mut(&id).map(|live| &mut live.row) {
-            if row.state == CommandState::Queued.as_str() {
-                row.state = CommandState::Sent.as_str().to_owned();
-                row.sent_at = Some(at);
-            }
+        if self.mark_live_command_sent(id, at) {
             return Ok(());
         }
         self.audit.write(audit::AuditOp::Sent { id, at }).await
+    }
+
+    /// [`Self::mark_command_sent`] for a live command, whose row is in memory: no wait. `false` when `id` is not
+    /// a live command.
+    pub(crate) fn mark_live_command_sent(&self, id: Uuid, at: DateTime<Utc>) -> bool {
+        let mut live = self.live();
+        let Some(row) = live.get_mut(&id).map(|live| &mut live.row) else {
+            return false;
+        };
+        if row.state == CommandState::Queued.as_str() {
+            row.state = CommandState::Sent.as_str().to_owned();
+            row.sent_at = Some(at);
+        }
+        true
+    }
+
+    /// Sets a live command's final state in memory and returns the row to write, and whether its write must
+    /// be waited for (see [`crate::devices::Origin::Live`]). When `id` is not a live command, the reply and
+    /// error come back.
+    #[allow(clippy::type_complexity)]
+    fn settle_live_command(
+        &self,
+        id: Uuid,
+        state: CommandState,
+        reply: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(command::Model, bool), (Option<Value>, Option<String>)> {
+        let mut live = self.live();
+        let Some(live) = live.get_mut(&id) else {
+            return Err((reply, error));
+        };
+        let row = &mut live.row;
+        row.state = state.as_str().to_owned();
+        row.reply = reply;
+        row.error = error;
+        row.finished_at = Some(Utc::now());
+        Ok((row.clone(), live.shared))
+    }
+
+    /// [`Self::finish_command`] for a live command nobody waits to see committed, from code that cannot wait
+    /// (a device session): the row is final in memory at once and queued for writing behind. Anything else
+    /// (not a live command, a shared one) is finished by a task.
+    pub(crate) fn finish_live_command_behind(
+        &self,
+        id: Uuid,
+        state: CommandState,
+        reply: Option<Value>,
+        error: Option<String>,
+    ) {
+        match self.settle_live_command(id, state, reply, error) {
+            Ok((row, false)) => self.records.write_behind_now(audit::AuditOp::Record(
+                Box::new(row),
+                self.live_commands.clone(),
+            )),
+            Ok((row, true)) => {
+                let record = audit::AuditOp::Record(Box::new(row), self.live_commands.clone());
+                let records = self.records.clone();
+                spawn_detached("command_records", async move {
+                    if let Err(err) = records.write(record).await {
+                        tracing::error!(%id, %err, "could not record a command's outcome");
+                    }
+                });
+            }
+            Err((reply, error)) => {
+                let store = self.clone();
+                spawn_detached("command_audit", async move {
+                    if let Err(err) = store.finish_command(id, state, reply, error).await {
+                        tracing::error!(%id, %err, "could not record a command's outcome");
+                    }
+                });
+            }
+        }
     }
 
     /// # Errors
@@ -979,23 +1062,18 @@ impl Store {
         reply: Option<Value>,
         error: Option<String>,
     ) -> Result<(), StoreError> {
-        let live = self.live().get_mut(&id).map(|live| {
-            let row = &mut live.row;
-            row.state = state.as_str().to_owned();
-            row.reply.clone_from(&reply);
-            row.error.clone_from(&error);
-            row.finished_at = Some(Utc::now());
-            (row.clone(), live.shared)
-        });
-        if let Some((row, shared)) = live {
-            // Readers find the row in memory until it is committed.
-            let record = audit::AuditOp::Record(Box::new(row), self.live_commands.clone());
-            return if shared {
-                self.records.write(record).await
-            } else {
-                self.records.write_behind(record).await
-            };
-        }
+        let (reply, error) = match self.settle_live_command(id, state, reply, error) {
+            Ok((row, shared)) => {
+                // Readers find the row in memory until it is committed.
+                let record = audit::AuditOp::Record(Box::new(row), self.live_commands.clone());
+                return if shared {
+                    self.records.write(record).await
+                } else {
+                    self.records.write_behind(record).await
+                };
+            }
+            Err(not_live) => not_live,
+        };
         self.audit
             .write(audit::AuditOp::Finish {
                 id,

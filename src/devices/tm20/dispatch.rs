@@ -3,8 +3,14 @@
 //! The session reports `Sent` and `Finished` on a small channel; one tracker task per command turns those
 //! into database updates *in order* (so `sent` never overwrites `succeeded`), stores what a paged read
 //! returned, and then hands the outcome to the REST caller if it is waiting.
+//!
+//! A live command whose reply stores nothing but its own row (almost every REST command) needs no tracker:
+//! its row lives in memory until written behind, so the session settles it on the spot ([`Inline`]) and hands
+//! the outcome to the caller itself. That saves a task, a channel and two wake-ups per command, one of them
+//! from the session's thread to the caller's (BENCHMARKS.md, session 10).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -28,8 +34,8 @@ pub enum Finished {
     Disconnected,
 }
 
-/// Records the command, queues it on the session and starts its tracker. The returned receiver yields the
-/// outcome once it is stored.
+/// Records the command, queues it on the session and starts its tracker (or has the session settle it, see
+/// [`Inline`]). The returned receiver yields the outcome once it is stored (in memory, for a live command).
 ///
 /// # Errors
 /// [`DispatchError::NotConnected`] when the session is gone or not registered, [`DispatchError::QueueFull`]
@@ -53,12 +59,36 @@ pub async fn dispatch(
         command.params_json(),
     )
     .await?;
-    // Two events per command at most (Sent, Finished): the session never waits on this channel.
-    let (events_tx, events_rx) = mpsc::channel(2);
-    let queued = QueuedCommand {
-        id,
-        exchange: Exchange::new(command.clone()),
-        events: events_tx,
+    let (done_tx, done_rx) = oneshot::channel();
+    let inline = matches!(origin, Origin::Live { shared: false }) && !REPLY_STORED.contains(&name);
+    let (queued, tracked) = if inline {
+        let progress = Progress::Inline(Inline {
+            settle: Some(Box::new(Settle {
+                store: store.clone(),
+                events: events.clone(),
+                sn: sn.to_owned(),
+                id,
+                command: name,
+                started: Instant::now(),
+                done: done_tx,
+            })),
+            armed: false,
+        });
+        let queued = QueuedCommand {
+            id,
+            exchange: Exchange::new(command),
+            progress,
+        };
+        (queued, None)
+    } else {
+        // Two events per command at most (Sent, Finished): the session never waits on this channel.
+        let (events_tx, events_rx) = mpsc::channel(2);
+        let queued = QueuedCommand {
+            id,
+            exchange: Exchange::new(command.clone()),
+            progress: Progress::Tracked(events_tx),
+        };
+        (queued, Some((command, events_rx, done_tx)))
     };
     let mut terminal_id = terminal_id;
     let rejection = match session.send(SendCommand(queued)).await {
@@ -72,52 +102,132 @@ pub async fn dispatch(
         }
     };
     if let Some(err) = rejection {
+        // A rejected inline command was dropped unarmed: it settled nothing, the row is settled here.
         crate::devices::reject_row(store, id, origin, err.to_string()).await?;
         return Err(err);
     }
-    let (done_tx, done_rx) = oneshot::channel();
-    let store = store.clone();
-    actix_rt::spawn(track(
-        store,
-        events.clone(),
-        sn.to_owned(),
-        id,
-        terminal_id,
-        Arc::new(command),
-        origin,
-        events_rx,
-        done_tx,
-    ));
+    if let Some((command, events_rx, done_tx)) = tracked {
+        actix_rt::spawn(track(
+            store.clone(),
+            events.clone(),
+            sn.to_owned(),
+            id,
+            terminal_id,
+            Arc::new(command),
+            origin,
+            events_rx,
+            done_tx,
+        ));
+    }
     Ok((id, done_rx))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn track(
+/// Commands whose reply is stored beyond the command's own row (see [`store_read_results`]): always tracked.
+const REPLY_STORED: [&str; 4] = ["getuserlist", "getnewlog", "getalllog", "getdevinfo"];
+
+/// How a queued command reports its progress, from the session that runs it.
+pub enum Progress {
+    /// To its tracker task.
+    Tracked(mpsc::Sender<CommandEvent>),
+    /// Settled by the session itself.
+    Inline(Inline),
+}
+
+impl Progress {
+    /// The session has taken the command: from now on dropping it settles it as disconnected. Until then a
+    /// drop (the session refused it, or stopped with it in its mailbox) leaves it to [`dispatch`].
+    pub(super) fn arm(&mut self) {
+        if let Progress::Inline(inline) = self {
+            inline.armed = true;
+        }
+    }
+
+    pub(super) fn report(&mut self, event: CommandEvent) {
+        match self {
+            // Capacity covers both events of a command; a closed receiver only means nobody tracks it any
+            // more.
+            Progress::Tracked(events) => {
+                let _ = events.try_send(event);
+            }
+            Progress::Inline(inline) => inline.report(event),
+        }
+    }
+}
+
+/// A live command settled where its session reports it (see the module's documentation).
+pub struct Inline {
+    /// Taken when it is settled.
+    settle: Option<Box<Settle>>,
+    armed: bool,
+}
+
+struct Settle {
     store: Store,
     events: crate::events::EventBus,
     sn: String,
     id: Uuid,
-    terminal_id: Option<i32>,
-    command: Arc<Tm20Command>,
-    origin: Origin,
-    mut progress: mpsc::Receiver<CommandEvent>,
+    command: &'static str,
+    started: Instant,
     done: oneshot::Sender<Finished>,
-) {
-    let started = std::time::Instant::now();
-    let outcome = loop {
-        match progress.recv().await {
-            Some(CommandEvent::Sent(at)) => {
-                if let Err(err) = store.mark_command_sent(id, at).await {
-                    tracing::warn!(%id, %err, "could not mark command sent");
+}
+
+impl Inline {
+    fn report(&mut self, event: CommandEvent) {
+        match event {
+            CommandEvent::Sent(at) => {
+                if let Some(settle) = &self.settle {
+                    settle.store.mark_live_command_sent(settle.id, at);
+                    settle.events.command_state(
+                        &settle.sn,
+                        super::DEVICE_KIND,
+                        settle.id,
+                        settle.command,
+                        "sent",
+                    );
                 }
-                events.command_state(&sn, super::DEVICE_KIND, id, command.name(), "sent");
             }
-            Some(CommandEvent::Finished(outcome)) => break outcome,
-            // The session dropped the command without a word: it can only have died.
-            None => break CommandOutcome::Disconnected,
+            CommandEvent::Finished(outcome) => {
+                if let Some(settle) = self.settle.take() {
+                    settle.finish(outcome);
+                }
+            }
         }
-    };
-    let finished = match outcome {
+    }
+}
+
+impl Drop for Inline {
+    /// A session that drops a command it took without a word can only have died.
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(settle) = self.settle.take() {
+                settle.finish(CommandOutcome::Disconnected);
+            }
+        }
+    }
+}
+
+impl Settle {
+    fn finish(self, outcome: CommandOutcome) {
+        let finished = finished_of(outcome);
+        let (state, reply, error) = row_outcome(&finished, None);
+        self.store
+            .finish_live_command_behind(self.id, state, reply, error);
+        publish_command(
+            &self.events,
+            &self.sn,
+            super::DEVICE_KIND,
+            self.id,
+            self.command,
+            &finished,
+        );
+        count_finished(self.command, state, self.started);
+        let _ = self.done.send(finished);
+    }
+}
+
+/// What the REST caller is told of a command's outcome.
+fn finished_of(outcome: CommandOutcome) -> Finished {
+    match outcome {
         CommandOutcome::Replied(reply) => {
             // Terminals omit `result` on some answers (gettime), which are successes.
             let result = reply.get("result").and_then(Value::as_bool).unwrap_or(true);
@@ -134,24 +244,23 @@ async fn track(
         },
         CommandOutcome::TimedOut => Finished::TimedOut,
         CommandOutcome::Disconnected => Finished::Disconnected,
-    };
-    let (state, reply, error) = match &finished {
+    }
+}
+
+/// The final state, reply and error of a command's row; `not_stored` is why a successful read's records could
+/// not be stored.
+fn row_outcome(
+    finished: &Finished,
+    not_stored: Option<String>,
+) -> (CommandState, Option<Value>, Option<String>) {
+    match finished {
         Finished::Replied { result, reply } => {
-            let mut error = None;
-            if *result {
-                if let Err(err) =
-                    store_read_results(&store, &sn, terminal_id, &command, reply).await
-                {
-                    tracing::error!(%id, %err, "could not store what a read command returned");
-                    error = Some(format!("reply received but not stored: {err}"));
-                }
-            }
             let state = if *result {
                 CommandState::Succeeded
             } else {
                 CommandState::Failed
             };
-            (state, (!reply.is_null()).then(|| reply.clone()), error)
+            (state, (!reply.is_null()).then(|| reply.clone()), not_stored)
         }
         Finished::TimedOut => (
             CommandState::TimedOut,
@@ -163,7 +272,55 @@ async fn track(
             None,
             Some("the terminal disconnected before answering".into()),
         ),
+    }
+}
+
+fn count_finished(command: &'static str, state: CommandState, started: Instant) {
+    metrics::counter!("gatehouse_commands_total", "kind" => super::DEVICE_KIND, "command" => command, "outcome" => state.as_str())
+        .increment(1);
+    metrics::histogram!("gatehouse_command_duration_seconds", "kind" => super::DEVICE_KIND)
+        .record(started.elapsed().as_secs_f64());
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn track(
+    store: Store,
+    events: crate::events::EventBus,
+    sn: String,
+    id: Uuid,
+    terminal_id: Option<i32>,
+    command: Arc<Tm20Command>,
+    origin: Origin,
+    mut progress: mpsc::Receiver<CommandEvent>,
+    done: oneshot::Sender<Finished>,
+) {
+    let started = Instant::now();
+    let outcome = loop {
+        match progress.recv().await {
+            Some(CommandEvent::Sent(at)) => {
+                if let Err(err) = store.mark_command_sent(id, at).await {
+                    tracing::warn!(%id, %err, "could not mark command sent");
+                }
+                events.command_state(&sn, super::DEVICE_KIND, id, command.name(), "sent");
+            }
+            Some(CommandEvent::Finished(outcome)) => break outcome,
+            // The session dropped the command without a word: it can only have died.
+            None => break CommandOutcome::Disconnected,
+        }
     };
+    let finished = finished_of(outcome);
+    let mut not_stored = None;
+    if let Finished::Replied {
+        result: true,
+        reply,
+    } = &finished
+    {
+        if let Err(err) = store_read_results(&store, &sn, terminal_id, &command, reply).await {
+            tracing::error!(%id, %err, "could not store what a read command returned");
+            not_stored = Some(format!("reply received but not stored: {err}"));
+        }
+    }
+    let (state, reply, error) = row_outcome(&finished, not_stored);
     let recorded = if matches!(finished, Finished::Disconnected) && origin.requeues() {
         let unsafe_to_repeat = super::UNSAFE_TO_REPEAT.contains(&command.name());
         store
@@ -186,10 +343,7 @@ async fn track(
         command.name(),
         &finished,
     );
-    metrics::counter!("gatehouse_commands_total", "kind" => super::DEVICE_KIND, "command" => command.name(), "outcome" => state.as_str())
-        .increment(1);
-    metrics::histogram!("gatehouse_command_duration_seconds", "kind" => super::DEVICE_KIND)
-        .record(started.elapsed().as_secs_f64());
+    count_finished(command.name(), state, started);
     let _ = done.send(finished);
 }
 
@@ -201,10 +355,7 @@ async fn store_read_results(
     command: &Tm20Command,
     reply: &Value,
 ) -> Result<(), crate::store::StoreError> {
-    if !matches!(
-        command.name(),
-        "getuserlist" | "getnewlog" | "getalllog" | "getdevinfo"
-    ) {
+    if !REPLY_STORED.contains(&command.name()) {
         return Ok(());
     }
     // The session did not know its row id (its registration write failed): look it up.

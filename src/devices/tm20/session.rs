@@ -17,7 +17,6 @@ use actix::prelude::*;
 use actix_ws::CloseCode;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::commands::{Exchange, ReplyStep};
@@ -74,11 +73,11 @@ pub struct Tm20Session {
     disconnect_reason: &'static str,
 }
 
-/// A command waiting for its turn or in flight; `events` reports its progress to the dispatcher.
+/// A command waiting for its turn or in flight; `progress` reports it to the dispatcher.
 pub struct QueuedCommand {
     pub id: Uuid,
     pub exchange: Exchange,
-    pub events: mpsc::Sender<CommandEvent>,
+    pub progress: super::dispatch::Progress,
 }
 
 struct InFlight {
@@ -89,9 +88,8 @@ struct InFlight {
 pub use crate::devices::{CommandEvent, CommandOutcome};
 
 impl QueuedCommand {
-    fn report(&self, event: CommandEvent) {
-        // Capacity covers both events of a command; a closed receiver only means nobody tracks it any more.
-        let _ = self.events.try_send(event);
+    fn report(&mut self, event: CommandEvent) {
+        self.progress.report(event);
     }
 }
 
@@ -485,7 +483,7 @@ impl Tm20Session {
 
     fn arm_timeout(&self, ctx: &mut Context<Self>) -> SpawnHandle {
         ctx.run_later(self.deps.settings.command_timeout, |act, ctx| {
-            if let Some(flight) = act.in_flight.take() {
+            if let Some(mut flight) = act.in_flight.take() {
                 tracing::warn!(sn = ?act.sn(), command = flight.command.exchange.command().name(), "terminal did not answer in time");
                 flight
                     .command
@@ -499,7 +497,7 @@ impl Tm20Session {
     /// may be outstanding per terminal).
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.in_flight.is_none() {
-            let Some(command) = self.queue.pop_front() else {
+            let Some(mut command) = self.queue.pop_front() else {
                 self.close_if_drained(ctx);
                 return;
             };
@@ -596,12 +594,12 @@ impl Actor for Tm20Session {
                 conn_id: self.conn_id,
             });
         }
-        if let Some(flight) = self.in_flight.take() {
+        if let Some(mut flight) = self.in_flight.take() {
             flight
                 .command
                 .report(CommandEvent::Finished(CommandOutcome::Disconnected));
         }
-        for command in self.queue.drain(..) {
+        for mut command in self.queue.drain(..) {
             command.report(CommandEvent::Finished(CommandOutcome::Disconnected));
         }
         self.seen_since_persist = true;
@@ -665,7 +663,7 @@ impl Handler<SendCommand> for Tm20Session {
     /// Queues a command (bounded) and starts it when the terminal is free.
     fn handle(
         &mut self,
-        SendCommand(command): SendCommand,
+        SendCommand(mut command): SendCommand,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
         let _span = self.span.clone().entered();
@@ -675,6 +673,7 @@ impl Handler<SendCommand> for Tm20Session {
         if self.queue.len() >= self.deps.settings.command_queue_size {
             return Err(CommandRejected::QueueFull);
         }
+        command.progress.arm();
         self.queue.push_back(command);
         self.pump(ctx);
         Ok(match &self.phase {
