@@ -22,7 +22,9 @@ if [ -z "${GATEHOUSE_BIN:-}" ]; then
 fi
 
 wait_http() {
-  for _ in $(seq 1 200); do
+  # Up to ~30 s: a debug build starting three nodes on a loaded 2-core machine (a test run beside a build) has
+  # needed more than 10.
+  for _ in $(seq 1 600); do
     if curl -fs "http://127.0.0.1:$1/readyz" >/dev/null 2>&1; then return 0; fi
     sleep 0.05
   done

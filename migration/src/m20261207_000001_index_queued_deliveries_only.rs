@@ -1,10 +1,14 @@
 //! The `(device, state)` index of `commands` narrowed to queued-delivery commands, and ordered by request time
 //! within a state (the queue is delivered oldest first).
 //!
-//! Only the offline queue looks commands up by device and state, and every one of those queries also asks for
-//! `deliver_queued = TRUE`. Live commands (almost every row: each REST command that found its device online)
-//! were still written into that index, one B-tree insert and a leaf page per device per commit, for nothing
-//! (BENCHMARKS.md, session 10). `TRUE` is a literal in the index and in the queries, so PostgreSQL can prove
+//! The offline queue looks commands up by device and state at every registration and delivery, and every one
+//! of those queries also asks for `deliver_queued = TRUE`. Live commands (almost every row: each REST command
+//! that found its device online) were still written into that index, one B-tree insert and a leaf page per
+//! device per commit (BENCHMARKS.md, session 10). Listing a device's commands in one state
+//! (`GET /api/commands?device=…&state=…`) now walks the device's commands newest first instead.
+//!
+//! On PostgreSQL the index is built inside the migration's transaction, which blocks writes to `commands`
+//! while it runs: on a large audit trail, expect the upgrade to pause command traffic for that long. `TRUE` is a literal in the index and in the queries, so PostgreSQL can prove
 //! that a query's rows are in the partial index even in a generic plan, where a bound parameter has no value.
 
 use sea_orm_migration::prelude::*;

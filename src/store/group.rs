@@ -4,8 +4,8 @@
 //! fsync on SQLite (`synchronous=FULL`) or its round trip and WAL flush on PostgreSQL.
 //!
 //! Used for the command audit trail ([`super::audit`]), attendance batches ([`super::LogBatch`]) and terminal
-//! registrations ([`super::Registration`]), on SQLite. On PostgreSQL each write is its own transaction (see
-//! [`GroupWriter`]).
+//! registrations ([`super::Registration`]), on SQLite. On PostgreSQL each waited-for write is its own
+//! transaction (see [`GroupWriter`]); writes behind share them on both.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -123,8 +123,8 @@ impl<Op: GroupOp> GroupWriter<Op> {
         Self::start_lingering(db, name, max_weight, queue, Duration::ZERO)
     }
 
-    /// [`Self::start`], and a transaction of writes nobody waits for (see [`Self::write_behind`]) waits up
-    /// to `linger` for more to fill it: each commit rewrites every page it touched, so fewer, fuller commits
+    /// [`Self::start`], and a transaction of writes nobody waits for (see [`Self::write_behind`]) waits
+    /// `linger` for more to fill it: each commit rewrites every page it touched, so fewer, fuller commits
     /// write less (a waiting caller's write ends the wait at once).
     pub(crate) fn start_lingering(
         db: DatabaseConnection,
@@ -161,7 +161,7 @@ impl<Op: GroupOp> GroupWriter<Op> {
         let flushed = async {
             let (done, flushed) = oneshot::channel();
             if self.tx.send(Job::Flush(done)).await.is_ok() {
-                self.urgent.notify_one();
+                self.urgent.notify_waiters();
                 let _ = flushed.await;
             }
             // On PostgreSQL `db` is the shared pool, which the store closes once every writer is flushed.
@@ -181,22 +181,19 @@ impl<Op: GroupOp> GroupWriter<Op> {
             .map_err(|_| StoreError::Db(DbErr::Custom(format!("the {} writer stopped", self.name))))
     }
 
-    /// [`Self::write_behind`] for a caller that cannot wait: queued at once, or, when the queue is full, by a
-    /// task that waits for room (the caller is not held back, the queue stays bounded).
-    pub(crate) fn write_behind_now(&self, op: Op) {
+    /// [`Self::write_behind`] for a caller that cannot wait: queued at once, or handed back when the queue is
+    /// full, for the caller to wait for room some other way (back-pressure, not growth).
+    pub(crate) fn try_write_behind(&self, op: Op) -> Result<(), Op> {
         match self.tx.try_send(Job::Write(Write { op, done: None })) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                let tx = self.tx.clone();
-                super::spawn_detached(self.name, async move {
-                    let _ = tx.send(job).await;
-                });
-            }
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Job::Write(write))) => Err(write.op),
+            Err(mpsc::error::TrySendError::Full(Job::Flush(_))) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!(
                     writer = self.name,
                     "the writer stopped; a write behind is lost"
                 );
+                Ok(())
             }
         }
     }
@@ -220,7 +217,7 @@ impl<Op: GroupOp> GroupWriter<Op> {
             }))
             .await
             .map_err(|_| gone())?;
-        self.urgent.notify_one();
+        self.urgent.notify_waiters();
         answer.await.map_err(|_| gone())?.map_err(StoreError::Db)
     }
 }
@@ -262,14 +259,24 @@ async fn run<Op: GroupOp>(
                 // Only writes behind so far: wait a little for more to share the commit, then take what came.
                 // Sleeping out the wait instead of receiving through it: each write would wake this task, and
                 // a wake from another thread is a syscall and a context switch per write (BENCHMARKS.md,
-                // session 10). A caller waiting for its write ends the wait.
+                // session 10). A caller waiting for its write (or a flush) ends the wait: it queues its job,
+                // then wakes whoever is registered here, so registering before the last look at the queue
+                // misses no one, and no stale permit cuts a later wait short.
                 Err(_) => {
-                    lingered = true;
-                    tokio::select! {
-                        () = tokio::time::sleep(linger) => {}
-                        () = urgent.notified() => {}
+                    let waiting_caller = urgent.notified();
+                    tokio::pin!(waiting_caller);
+                    waiting_caller.as_mut().enable();
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => {
+                            lingered = true;
+                            tokio::select! {
+                                () = tokio::time::sleep(linger) => {}
+                                () = waiting_caller => {}
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
             };
             match next {
@@ -341,4 +348,73 @@ async fn apply<'a, Op: GroupOp>(
     let outs = Op::apply_all(&ops, &txn).await?;
     txn.commit().await?;
     Ok(outs)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A write that does nothing but count its settling.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl GroupOp for Counted {
+        type Out = ();
+
+        async fn apply<'a>(&'a self, _txn: &'a DatabaseTransaction) -> Result<(), DbErr> {
+            Ok(())
+        }
+
+        fn settled(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn lingering_writer(linger: Duration) -> GroupWriter<Counted> {
+        let db = sea_orm::Database::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        GroupWriter::start_lingering(db, "test", 100, 16, linger)
+    }
+
+    /// A writer lingering (for ten minutes here) with writes behind must still commit a waiting caller's write
+    /// at once: a lost wake-up would hold it for the whole linger.
+    #[tokio::test]
+    async fn a_waiting_write_ends_the_linger_of_writes_behind() {
+        let writer = lingering_writer(Duration::from_secs(600)).await;
+        let settled = Arc::new(AtomicUsize::new(0));
+        writer
+            .write_behind(Counted(settled.clone()))
+            .await
+            .expect("queued");
+        // Let the writer take the write behind and start lingering.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(settled.load(Ordering::SeqCst), 0, "still lingering");
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            writer.write(Counted(settled.clone())),
+        )
+        .await
+        .expect("the waiting write ended the linger")
+        .expect("committed");
+        assert_eq!(settled.load(Ordering::SeqCst), 2, "both in the commit");
+    }
+
+    /// Writes behind alone are committed once the linger is over, without anyone waking the writer.
+    #[tokio::test]
+    async fn writes_behind_alone_are_committed_after_the_linger() {
+        let writer = lingering_writer(Duration::from_millis(50)).await;
+        let settled = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            assert!(writer.try_write_behind(Counted(settled.clone())).is_ok());
+        }
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while settled.load(Ordering::SeqCst) < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("all three committed");
+    }
 }

@@ -929,7 +929,8 @@ impl Store {
             .await
     }
 
-    /// Holds a live command's row in memory until [`Self::finish_command`] writes it (see
+    /// Holds a live command's row in memory until [`Self::finish_command`] or
+    /// [`Self::finish_live_command_behind`] writes it (see
     /// [`crate::devices::Origin::Live`]).
     pub(crate) fn begin_live_command(&self, row: NewCommand, shared: bool) {
         let model = command::Model {
@@ -1019,38 +1020,42 @@ impl Store {
     }
 
     /// [`Self::finish_command`] for a live command nobody waits to see committed, from code that cannot wait
-    /// (a device session): the row is final in memory at once and queued for writing behind. Anything else
-    /// (not a live command, a shared one) is finished by a task.
+    /// (a device session): the row is final in memory at once and queued for writing behind. What is left to
+    /// wait for comes back (the queue is full, the row is a shared one, or not a live command at all): the
+    /// caller answers only after it, so that a stalled database still holds REST callers back.
     pub(crate) fn finish_live_command_behind(
         &self,
         id: Uuid,
         state: CommandState,
         reply: Option<Value>,
         error: Option<String>,
-    ) {
-        match self.settle_live_command(id, state, reply, error) {
-            Ok((row, false)) => self.records.write_behind_now(audit::AuditOp::Record(
-                Box::new(row),
-                self.live_commands.clone(),
-            )),
-            Ok((row, true)) => {
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        let (reply, error) = match self.settle_live_command(id, state, reply, error) {
+            Ok((row, shared)) => {
                 let record = audit::AuditOp::Record(Box::new(row), self.live_commands.clone());
                 let records = self.records.clone();
-                spawn_detached("command_records", async move {
+                if !shared {
+                    let record = records.try_write_behind(record).err()?;
+                    return Some(Box::pin(async move {
+                        if let Err(err) = records.write_behind(record).await {
+                            tracing::error!(%id, %err, "could not record a command's outcome");
+                        }
+                    }));
+                }
+                return Some(Box::pin(async move {
                     if let Err(err) = records.write(record).await {
                         tracing::error!(%id, %err, "could not record a command's outcome");
                     }
-                });
+                }));
             }
-            Err((reply, error)) => {
-                let store = self.clone();
-                spawn_detached("command_audit", async move {
-                    if let Err(err) = store.finish_command(id, state, reply, error).await {
-                        tracing::error!(%id, %err, "could not record a command's outcome");
-                    }
-                });
+            Err(not_live) => not_live,
+        };
+        let store = self.clone();
+        Some(Box::pin(async move {
+            if let Err(err) = store.finish_command(id, state, reply, error).await {
+                tracing::error!(%id, %err, "could not record a command's outcome");
             }
-        }
+        }))
     }
 
     /// # Errors

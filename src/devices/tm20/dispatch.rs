@@ -210,8 +210,20 @@ impl Settle {
     fn finish(self, outcome: CommandOutcome) {
         let finished = finished_of(outcome);
         let (state, reply, error) = row_outcome(&finished, None);
-        self.store
-            .finish_live_command_behind(self.id, state, reply, error);
+        match self
+            .store
+            .finish_live_command_behind(self.id, state, reply, error)
+        {
+            None => self.answer(state, finished),
+            // The row's writer is full (or the row needs a write of its own): answer once it is queued.
+            Some(pending) => crate::store::spawn_detached("command_records", async move {
+                pending.await;
+                self.answer(state, finished);
+            }),
+        }
+    }
+
+    fn answer(self, state: CommandState, finished: Finished) {
         publish_command(
             &self.events,
             &self.sn,
