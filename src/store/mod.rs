@@ -1030,29 +1030,32 @@ impl Store {
         reply: Option<Value>,
         error: Option<String>,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
-        let (reply, error) = match self.settle_live_command(id, state, reply, error) {
-            Ok((row, shared)) => {
-                let record = audit::AuditOp::Record(Box::new(row), self.live_commands.clone());
-                let records = self.records.clone();
-                if !shared {
-                    let record = records.try_write_behind(record).err()?;
-                    return Some(Box::pin(async move {
-                        if let Err(err) = records.write_behind(record).await {
-                            tracing::error!(%id, %err, "could not record a command's outcome");
+        let pending: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+            match self.settle_live_command(id, state, reply, error) {
+                Ok((row, shared)) => {
+                    let record = audit::AuditOp::Record(Box::new(row), self.live_commands.clone());
+                    let record = if shared {
+                        record
+                    } else {
+                        // The hot path: queued at once, nothing cloned for a task.
+                        self.records.try_write_behind(record).err()?
+                    };
+                    let records = self.records.clone();
+                    Box::pin(async move {
+                        if shared {
+                            records.write(record).await
+                        } else {
+                            records.write_behind(record).await
                         }
-                    }));
+                    })
                 }
-                return Some(Box::pin(async move {
-                    if let Err(err) = records.write(record).await {
-                        tracing::error!(%id, %err, "could not record a command's outcome");
-                    }
-                }));
-            }
-            Err(not_live) => not_live,
-        };
-        let store = self.clone();
+                Err((reply, error)) => {
+                    let store = self.clone();
+                    Box::pin(async move { store.finish_command(id, state, reply, error).await })
+                }
+            };
         Some(Box::pin(async move {
-            if let Err(err) = store.finish_command(id, state, reply, error).await {
+            if let Err(err) = pending.await {
                 tracing::error!(%id, %err, "could not record a command's outcome");
             }
         }))
