@@ -171,6 +171,54 @@ pub(crate) async fn reject_row(
     }
 }
 
+/// Hands a command to its session (`admit`), then follows it (`track`, given what the session answered), in
+/// a task of their own rather than the REST caller's. A caller may go away at any await (actix-web drops the
+/// handler when its client disconnects): while the message waits in the session's mailbox, actix then skips
+/// the handler and drops the message; between the session's yes and the tracker's start, nobody would follow
+/// the command. Either way the row stayed unsettled for good. In a task the message is handled and the row
+/// settled whatever the caller does. A refused command's row is settled (see [`reject_row`]) before the
+/// caller hears why.
+///
+/// # Errors
+/// The refusal, or a database error while settling the refused command's row.
+pub(crate) async fn admit_then_track<A, Track>(
+    store: &crate::store::Store,
+    id: uuid::Uuid,
+    origin: Origin,
+    device: &str,
+    admit: impl std::future::Future<Output = Result<A, DispatchError>> + 'static,
+    track: impl FnOnce(A) -> Track + 'static,
+) -> Result<(), DispatchError>
+where
+    A: 'static,
+    Track: std::future::Future<Output = ()> + 'static,
+{
+    let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
+    let store = store.clone();
+    actix_rt::spawn(async move {
+        match admit.await {
+            Ok(answer) => {
+                let _ = admitted_tx.send(Ok(()));
+                track(answer).await;
+            }
+            Err(refusal) => {
+                let settled = reject_row(&store, id, origin, refusal.to_string()).await;
+                if let Err(err) = &settled {
+                    tracing::error!(%id, %err, "could not settle a refused command");
+                }
+                let _ = admitted_tx.send(match settled {
+                    Ok(()) => Err(refusal),
+                    Err(err) => Err(err.into()),
+                });
+            }
+        }
+    });
+    // The task is gone without a word only when its runtime stopped: the node is shutting down.
+    admitted_rx
+        .await
+        .unwrap_or_else(|_| Err(DispatchError::NotConnected(device.to_owned())))
+}
+
 /// The `reason` label of `gatehouse_disconnects_total` for a socket we closed.
 pub fn disconnect_reason(code: actix_ws::CloseCode, reason: &str) -> &'static str {
     use actix_ws::CloseCode;
@@ -242,5 +290,144 @@ pub(crate) async fn command_row(
             Ok(id)
         }
         Origin::Claimed { id, .. } => Ok(id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::Store;
+
+    /// A migrated store on a fresh SQLite file in `dir`, holding one new (not live) command row.
+    async fn store_with_command(dir: &tempfile::TempDir) -> (Store, uuid::Uuid) {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("gh.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let origin = Origin::New {
+            deliver_queued: false,
+            expires_at: None,
+        };
+        let id = command_row(
+            &store,
+            origin,
+            "tm20",
+            "SN1",
+            "opendoor",
+            serde_json::json!({}),
+        )
+        .await
+        .expect("row");
+        (store, id)
+    }
+
+    /// Polls `id`'s row until its state is `state` (five seconds at most); the row at the end.
+    async fn row_in_state(store: &Store, id: uuid::Uuid, state: &str) -> entity::command::Model {
+        for _ in 0..500 {
+            let row = store.command(id).await.expect("read").expect("row");
+            if row.state == state {
+                return row;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.command(id).await.expect("read").expect("row")
+    }
+
+    /// The REST caller is gone (its future dropped) while the session has not answered yet.
+    async fn caller_goes_away(call: impl std::future::Future<Output = Result<(), DispatchError>>) {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), call)
+                .await
+                .is_err(),
+            "the session answered before the caller went away"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_command_refused_after_its_caller_went_away_is_settled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, id) = store_with_command(&dir).await;
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<()>();
+        let admit = async move {
+            let _ = answer_rx.await;
+            Err::<(), _>(DispatchError::QueueFull("SN1".into()))
+        };
+        let origin = Origin::New {
+            deliver_queued: false,
+            expires_at: None,
+        };
+        caller_goes_away(admit_then_track(
+            &store,
+            id,
+            origin,
+            "SN1",
+            admit,
+            |()| async { panic!("a refused command is not tracked") },
+        ))
+        .await;
+        answer_tx.send(()).expect("the admission still runs");
+        let row = row_in_state(&store, id, "failed").await;
+        assert_eq!(row.state, "failed");
+        assert_eq!(
+            row.error.as_deref(),
+            Some("SN1 has too many commands waiting")
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_command_taken_after_its_caller_went_away_is_tracked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, id) = store_with_command(&dir).await;
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<()>();
+        let admit = async move {
+            let _ = answer_rx.await;
+            Ok::<_, DispatchError>(7)
+        };
+        let tracked = Arc::new(AtomicI32::new(0));
+        let seen = tracked.clone();
+        let origin = Origin::New {
+            deliver_queued: false,
+            expires_at: None,
+        };
+        caller_goes_away(admit_then_track(
+            &store,
+            id,
+            origin,
+            "SN1",
+            admit,
+            move |answer| async move {
+                seen.store(answer, Ordering::SeqCst);
+            },
+        ))
+        .await;
+        answer_tx.send(()).expect("the admission still runs");
+        for _ in 0..500 {
+            if tracked.load(Ordering::SeqCst) != 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(tracked.load(Ordering::SeqCst), 7, "tracked with the answer");
+        let row = store.command(id).await.expect("read").expect("row");
+        assert_eq!(row.state, "queued", "an admitted command is not rejected");
+    }
+
+    #[actix_rt::test]
+    async fn a_refusal_reaches_a_caller_who_waits_after_the_row_is_settled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, id) = store_with_command(&dir).await;
+        let origin = Origin::New {
+            deliver_queued: false,
+            expires_at: None,
+        };
+        let admit = async { Err::<(), _>(DispatchError::NotConnected("SN1".into())) };
+        let refused = admit_then_track(&store, id, origin, "SN1", admit, |()| async {}).await;
+        assert!(matches!(refused, Err(DispatchError::NotConnected(sn)) if sn == "SN1"));
+        let row = store.command(id).await.expect("read").expect("row");
+        assert_eq!(row.state, "failed");
+        assert_eq!(row.error.as_deref(), Some("SN1 is not connected"));
     }
 }

@@ -53,31 +53,23 @@ pub async fn dispatch(
         action,
         events: events_tx,
     };
-    let rejection = match session.send(SendCall(call)).await {
-        Ok(Ok(())) => None,
-        Ok(Err(CallRejected::QueueFull)) => {
-            Some(DispatchError::QueueFull(charge_point_id.to_owned()))
-        }
-        Ok(Err(CallRejected::Closing)) | Err(_) => {
-            Some(DispatchError::NotConnected(charge_point_id.to_owned()))
+    let session = session.clone();
+    let device = charge_point_id.to_owned();
+    let admit = async move {
+        match session.send(SendCall(call)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(CallRejected::QueueFull)) => Err(DispatchError::QueueFull(device)),
+            Ok(Err(CallRejected::Closing)) | Err(_) => Err(DispatchError::NotConnected(device)),
         }
     };
-    if let Some(err) = rejection {
-        crate::devices::reject_row(store, id, origin, err.to_string()).await?;
-        return Err(err);
-    }
     let (done_tx, done_rx) = oneshot::channel();
-    actix_rt::spawn(track(
-        store.clone(),
-        events.clone(),
-        charge_point_id.to_owned(),
-        id,
-        charger_id,
-        name,
-        origin,
-        events_rx,
-        done_tx,
-    ));
+    let (store_, events, device) = (store.clone(), events.clone(), charge_point_id.to_owned());
+    crate::devices::admit_then_track(store, id, origin, charge_point_id, admit, move |()| {
+        track(
+            store_, events, device, id, charger_id, name, origin, events_rx, done_tx,
+        )
+    })
+    .await?;
     Ok((id, done_rx))
 }
 

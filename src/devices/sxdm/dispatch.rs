@@ -60,29 +60,23 @@ pub async fn dispatch(
         call,
         events: events_tx,
     };
-    let rejection = match session.send(SendCall(queued)).await {
-        Ok(Ok(())) => None,
-        Ok(Err(CallRejected::QueueFull)) => Some(DispatchError::QueueFull(sn.to_owned())),
-        Ok(Err(CallRejected::NotReady)) | Err(_) => {
-            Some(DispatchError::NotConnected(sn.to_owned()))
+    let session = session.clone();
+    let device = sn.to_owned();
+    let admit = async move {
+        match session.send(SendCall(queued)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(CallRejected::QueueFull)) => Err(DispatchError::QueueFull(device)),
+            Ok(Err(CallRejected::NotReady)) | Err(_) => Err(DispatchError::NotConnected(device)),
         }
     };
-    if let Some(err) = rejection {
-        crate::devices::reject_row(store, id, origin, err.to_string()).await?;
-        return Err(err);
-    }
     let (done_tx, done_rx) = oneshot::channel();
-    actix_rt::spawn(track(
-        store.clone(),
-        events.clone(),
-        sn.to_owned(),
-        id,
-        name,
-        method,
-        origin,
-        events_rx,
-        done_tx,
-    ));
+    let (store_, events, device) = (store.clone(), events.clone(), sn.to_owned());
+    crate::devices::admit_then_track(store, id, origin, sn, admit, move |()| {
+        track(
+            store_, events, device, id, name, method, origin, events_rx, done_tx,
+        )
+    })
+    .await?;
     Ok((id, done_rx))
 }
 

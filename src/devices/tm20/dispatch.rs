@@ -61,64 +61,67 @@ pub async fn dispatch(
     .await?;
     let (done_tx, done_rx) = oneshot::channel();
     let inline = matches!(origin, Origin::Live { shared: false }) && !REPLY_STORED.contains(&name);
-    let (queued, tracked) = if inline {
-        let progress = Progress::Inline(Inline {
-            settle: Some(Box::new(Settle {
-                store: store.clone(),
-                events: events.clone(),
-                sn: sn.to_owned(),
-                id,
-                command: name,
-                started: Instant::now(),
-                done: done_tx,
-            })),
-            armed: false,
-        });
+    if inline {
         let queued = QueuedCommand {
             id,
             exchange: Exchange::new(command),
-            progress,
+            progress: Progress::Inline(Inline {
+                settle: Some(Box::new(Settle {
+                    store: store.clone(),
+                    events: events.clone(),
+                    sn: sn.to_owned(),
+                    id,
+                    command: name,
+                    started: Instant::now(),
+                    done: done_tx,
+                })),
+                armed: false,
+                refusal: None,
+            }),
         };
-        (queued, None)
-    } else {
-        // Two events per command at most (Sent, Finished): the session never waits on this channel.
-        let (events_tx, events_rx) = mpsc::channel(2);
-        let queued = QueuedCommand {
-            id,
-            exchange: Exchange::new(command.clone()),
-            progress: Progress::Tracked(events_tx),
+        // No task, so nothing here may be left half done when the caller goes away: a command the session
+        // refuses, or that actix drops unhandled, settles its own row when dropped (see `Inline`'s `Drop`).
+        return match session.send(SendCommand(queued)).await {
+            Ok(Ok(_)) => Ok((id, done_rx)),
+            Ok(Err(CommandRejected::QueueFull)) => Err(DispatchError::QueueFull(sn.to_owned())),
+            Ok(Err(CommandRejected::NotRegistered)) | Err(_) => {
+                Err(DispatchError::NotConnected(sn.to_owned()))
+            }
         };
-        (queued, Some((command, events_rx, done_tx)))
-    };
-    let mut terminal_id = terminal_id;
-    let rejection = match session.send(SendCommand(queued)).await {
-        Ok(Ok(known)) => {
-            terminal_id = terminal_id.or(known);
-            None
-        }
-        Ok(Err(CommandRejected::QueueFull)) => Some(DispatchError::QueueFull(sn.to_owned())),
-        Ok(Err(CommandRejected::NotRegistered)) | Err(_) => {
-            Some(DispatchError::NotConnected(sn.to_owned()))
-        }
-    };
-    if let Some(err) = rejection {
-        // A rejected inline command was dropped unarmed: it settled nothing, the row is settled here.
-        crate::devices::reject_row(store, id, origin, err.to_string()).await?;
-        return Err(err);
     }
-    if let Some((command, events_rx, done_tx)) = tracked {
-        actix_rt::spawn(track(
-            store.clone(),
-            events.clone(),
-            sn.to_owned(),
+    // Two events per command at most (Sent, Finished): the session never waits on this channel.
+    let (events_tx, events_rx) = mpsc::channel(2);
+    let queued = QueuedCommand {
+        id,
+        exchange: Exchange::new(command.clone()),
+        progress: Progress::Tracked(events_tx),
+    };
+    let session = session.clone();
+    let device = sn.to_owned();
+    let admit = async move {
+        match session.send(SendCommand(queued)).await {
+            Ok(Ok(known)) => Ok(known),
+            Ok(Err(CommandRejected::QueueFull)) => Err(DispatchError::QueueFull(device)),
+            Ok(Err(CommandRejected::NotRegistered)) | Err(_) => {
+                Err(DispatchError::NotConnected(device))
+            }
+        }
+    };
+    let (store_, events, device) = (store.clone(), events.clone(), sn.to_owned());
+    crate::devices::admit_then_track(store, id, origin, sn, admit, move |known: Option<i32>| {
+        track(
+            store_,
+            events,
+            device,
             id,
-            terminal_id,
+            terminal_id.or(known),
             Arc::new(command),
             origin,
             events_rx,
             done_tx,
-        ));
-    }
+        )
+    })
+    .await?;
     Ok((id, done_rx))
 }
 
@@ -135,10 +138,18 @@ pub enum Progress {
 
 impl Progress {
     /// The session has taken the command: from now on dropping it settles it as disconnected. Until then a
-    /// drop (the session refused it, or stopped with it in its mailbox) leaves it to [`dispatch`].
+    /// drop (the session refused it, stopped with it in its mailbox, or actix skipped it because its caller
+    /// went away) settles it as refused.
     pub(super) fn arm(&mut self) {
         if let Progress::Inline(inline) = self {
             inline.armed = true;
+        }
+    }
+
+    /// The session refuses the command for `why`: the reason its row is settled with when dropped.
+    pub(super) fn refuse(&mut self, why: CommandRejected) {
+        if let Progress::Inline(inline) = self {
+            inline.refusal = Some(why);
         }
     }
 
@@ -159,6 +170,8 @@ pub struct Inline {
     /// Taken when it is settled.
     settle: Option<Box<Settle>>,
     armed: bool,
+    /// Why the session refused it, if it said.
+    refusal: Option<CommandRejected>,
 }
 
 struct Settle {
@@ -196,12 +209,29 @@ impl Inline {
 }
 
 impl Drop for Inline {
-    /// A session that drops a command it took without a word can only have died.
+    /// A session that drops a command it took without a word can only have died. One it never took was
+    /// refused: its row fails with the reason [`dispatch`] gives its caller (if it still has one).
     fn drop(&mut self) {
+        let Some(settle) = self.settle.take() else {
+            return;
+        };
         if self.armed {
-            if let Some(settle) = self.settle.take() {
-                settle.finish(CommandOutcome::Disconnected);
+            settle.finish(CommandOutcome::Disconnected);
+            return;
+        }
+        let reason = match self.refusal {
+            Some(CommandRejected::QueueFull) => DispatchError::QueueFull(settle.sn.clone()),
+            Some(CommandRejected::NotRegistered) | None => {
+                DispatchError::NotConnected(settle.sn.clone())
             }
+        };
+        if let Some(pending) = settle.store.finish_live_command_behind(
+            settle.id,
+            CommandState::Failed,
+            None,
+            Some(reason.to_string()),
+        ) {
+            crate::store::spawn_detached("command_records", pending);
         }
     }
 }
@@ -442,4 +472,111 @@ fn publish_command(
         };
         json!({"id": id, "command": command, "state": state, "result": result, "reply": reply})
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sea_orm::EntityTrait;
+
+    use super::*;
+
+    /// A live command's row (in memory) and the `Inline` that settles it, as `dispatch` makes them.
+    async fn live_command(
+        dir: &tempfile::TempDir,
+    ) -> (Store, Uuid, Inline, oneshot::Receiver<Finished>) {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("gh.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let origin = Origin::Live { shared: false };
+        let id = crate::devices::command_row(&store, origin, "tm20", "SN1", "opendoor", json!({}))
+            .await
+            .expect("row");
+        let (done_tx, done_rx) = oneshot::channel();
+        let inline = Inline {
+            settle: Some(Box::new(Settle {
+                store: store.clone(),
+                events: crate::events::EventBus::new("n1".into()),
+                sn: "SN1".into(),
+                id,
+                command: "opendoor",
+                started: Instant::now(),
+                done: done_tx,
+            })),
+            armed: false,
+            refusal: None,
+        };
+        (store, id, inline, done_rx)
+    }
+
+    async fn state_and_error(store: &Store, id: Uuid) -> (String, Option<String>) {
+        let row = store.command(id).await.expect("read").expect("row");
+        (row.state, row.error)
+    }
+
+    #[actix_rt::test]
+    async fn a_command_dropped_before_its_session_took_it_fails_as_not_connected() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, id, inline, done) = live_command(&dir).await;
+        drop(inline);
+        assert_eq!(
+            state_and_error(&store, id).await,
+            ("failed".into(), Some("SN1 is not connected".into()))
+        );
+        assert!(
+            done.await.is_err(),
+            "nobody is told: the caller hears the refusal from dispatch"
+        );
+        // Written behind: the committed row says the same once the writer's linger is over.
+        let mut committed = None;
+        for _ in 0..500 {
+            committed = entity::command::Entity::find_by_id(id)
+                .one(store.connection())
+                .await
+                .expect("read");
+            if committed.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(committed.expect("committed").state, "failed");
+    }
+
+    #[actix_rt::test]
+    async fn a_command_refused_for_a_full_queue_says_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, id, inline, _done) = live_command(&dir).await;
+        let mut progress = Progress::Inline(inline);
+        progress.refuse(CommandRejected::QueueFull);
+        drop(progress);
+        assert_eq!(
+            state_and_error(&store, id).await,
+            (
+                "failed".into(),
+                Some("SN1 has too many commands waiting".into())
+            )
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_command_dropped_after_its_session_took_it_is_disconnected() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, id, inline, done) = live_command(&dir).await;
+        let mut progress = Progress::Inline(inline);
+        progress.arm();
+        drop(progress);
+        let finished = tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .expect("answered")
+            .expect("an outcome");
+        assert!(matches!(finished, Finished::Disconnected));
+        assert_eq!(
+            state_and_error(&store, id).await,
+            (
+                "failed".into(),
+                Some("the terminal disconnected before answering".into())
+            )
+        );
+    }
 }

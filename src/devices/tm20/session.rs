@@ -99,7 +99,7 @@ impl QueuedCommand {
 #[rtype(result = "Result<Option<i32>, CommandRejected>")]
 pub struct SendCommand(pub QueuedCommand);
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum CommandRejected {
     #[error("the terminal's command queue is full")]
     QueueFull,
@@ -668,9 +668,11 @@ impl Handler<SendCommand> for Tm20Session {
     ) -> Self::Result {
         let _span = self.span.clone().entered();
         if matches!(self.phase, Phase::AwaitingReg) || self.draining {
+            command.progress.refuse(CommandRejected::NotRegistered);
             return Err(CommandRejected::NotRegistered);
         }
         if self.queue.len() >= self.deps.settings.command_queue_size {
+            command.progress.refuse(CommandRejected::QueueFull);
             return Err(CommandRejected::QueueFull);
         }
         command.progress.arm();
