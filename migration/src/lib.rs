@@ -12,6 +12,7 @@ mod m20261122_015600_create_account_tables;
 mod m20261122_030000_create_panel_tables;
 mod m20261122_040000_create_billing_tables;
 mod m20261207_000001_index_queued_deliveries_only;
+mod m20261207_000002_attendance_key_by_time;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_030000_create_panel_tables::Migration),
             Box::new(m20261122_040000_create_billing_tables::Migration),
             Box::new(m20261207_000001_index_queued_deliveries_only::Migration),
+            Box::new(m20261207_000002_attendance_key_by_time::Migration),
         ]
     }
 }

@@ -348,13 +348,11 @@ impl LogBatch {
             let mut values: Vec<SqlValue> = Vec::with_capacity(chunk.len() * LOG_COLUMNS);
             for r in chunk {
                 let (time, raw): (SqlValue, SqlValue) = if sqlite {
-                    (
-                        r.time
-                            .format_with_items(SQLITE_NAIVE_TIME.iter())
-                            .to_string()
-                            .into(),
-                        r.raw.to_string().into(),
-                    )
+                    // `to_string`, not `Display`: the same compact bytes, written straight into a buffer
+                    // instead of through `fmt::Formatter` a token at a time (a tenth of a record's cost).
+                    let raw = serde_json::to_string(&r.raw)
+                        .map_err(|err| DbErr::Custom(format!("attendance record: {err}")))?;
+                    (sqlite_naive_time(&r.time).into(), raw.into())
                 } else {
                     (r.time.into(), r.raw.clone().into())
                 };
@@ -455,6 +453,65 @@ static SQLITE_NAIVE_TIME: std::sync::LazyLock<Vec<chrono::format::Item<'static>>
             .parse_to_owned()
             .expect("valid time format")
     });
+
+/// One page of a terminal's punches, newest first, and one more to tell whether another page follows. Served
+/// by the natural key `(terminal_id, time, …)`: punches of equal time are sorted by id (migration
+/// `m20261207_000002`).
+fn logs_page_query(
+    terminal_id: i32,
+    limit: u64,
+    before: Option<LogCursor>,
+    since: Option<NaiveDateTime>,
+) -> sea_orm::Select<attendance_log::Entity> {
+    use attendance_log::Column as C;
+    let mut query = attendance_log::Entity::find().filter(C::TerminalId.eq(terminal_id));
+    if let Some(cursor) = before {
+        // `time <= cursor` adds nothing to the OR below but a range PostgreSQL can seek to (it reads an OR
+        // as a filter): a deep page starts at its cursor instead of walking every newer punch.
+        query = query.filter(C::Time.lte(cursor.time)).filter(
+            sea_orm::Condition::any().add(C::Time.lt(cursor.time)).add(
+                sea_orm::Condition::all()
+                    .add(C::Time.eq(cursor.time))
+                    .add(C::Id.lt(cursor.id)),
+            ),
+        );
+    }
+    if let Some(since) = since {
+        query = query.filter(C::Time.gte(since));
+    }
+    query
+        .order_by_desc(C::Time)
+        .order_by_desc(C::Id)
+        .limit(limit + 1)
+}
+
+/// `time` as sqlx binds a `NaiveDateTime` on SQLite ("%F %T%.f"). A device's time has whole seconds and a
+/// four-digit year: those are written digit by digit, the rest by chrono (its formatting machinery was a
+/// twentieth of a record's cost).
+fn sqlite_naive_time(time: &NaiveDateTime) -> String {
+    use chrono::{Datelike, Timelike};
+    let year = time.year();
+    if time.nanosecond() != 0 || !(0..=9999).contains(&year) {
+        return time.format_with_items(SQLITE_NAIVE_TIME.iter()).to_string();
+    }
+    let mut text = String::with_capacity(19);
+    let mut push = |value: u32, digits: u32, after: Option<char>| {
+        for place in (0..digits).rev() {
+            let digit = (value / 10u32.pow(place)) % 10;
+            text.push(char::from(b'0' + digit as u8));
+        }
+        if let Some(separator) = after {
+            text.push(separator);
+        }
+    };
+    push(year.unsigned_abs(), 4, Some('-'));
+    push(time.month(), 2, Some('-'));
+    push(time.day(), 2, Some(' '));
+    push(time.hour(), 2, Some(':'));
+    push(time.minute(), 2, Some(':'));
+    push(time.second(), 2, None);
+    text
+}
 
 impl group::GroupOp for LogBatch {
     type Out = u64;
@@ -804,24 +861,7 @@ impl Store {
         before: Option<LogCursor>,
         since: Option<NaiveDateTime>,
     ) -> Result<(Vec<attendance_log::Model>, Option<LogCursor>), StoreError> {
-        use attendance_log::Column as C;
-        let mut query = attendance_log::Entity::find().filter(C::TerminalId.eq(terminal_id));
-        if let Some(cursor) = before {
-            query = query.filter(
-                sea_orm::Condition::any().add(C::Time.lt(cursor.time)).add(
-                    sea_orm::Condition::all()
-                        .add(C::Time.eq(cursor.time))
-                        .add(C::Id.lt(cursor.id)),
-                ),
-            );
-        }
-        if let Some(since) = since {
-            query = query.filter(C::Time.gte(since));
-        }
-        let mut rows = query
-            .order_by_desc(C::Time)
-            .order_by_desc(C::Id)
-            .limit(limit + 1)
+        let mut rows = logs_page_query(terminal_id, limit, before, since)
             .all(&self.db)
             .await?;
         let next = if rows.len() as u64 > limit {
@@ -1269,6 +1309,42 @@ impl CommandState {
 mod tests {
     use super::*;
 
+    /// The digit-by-digit path writes what chrono writes, and hands chrono what it does not cover.
+    #[test]
+    fn device_times_are_written_as_sqlx_writes_them() {
+        let date = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).expect("date");
+        let times = [
+            date(2024, 6, 1).and_hms_opt(8, 30, 5),
+            date(1999, 12, 31).and_hms_opt(23, 59, 59),
+            date(2000, 1, 1).and_hms_opt(0, 0, 0),
+            date(0, 1, 1).and_hms_opt(0, 0, 0),
+            date(9999, 12, 31).and_hms_opt(23, 59, 59),
+            date(999, 2, 3).and_hms_opt(4, 5, 6),
+            date(10000, 1, 1).and_hms_opt(0, 0, 0),
+            date(-1, 1, 1).and_hms_opt(0, 0, 0),
+            date(2024, 6, 1).and_hms_milli_opt(8, 30, 5, 120),
+            date(2024, 6, 1).and_hms_nano_opt(8, 30, 5, 7),
+            // A leap second.
+            date(2016, 12, 31).and_hms_milli_opt(23, 59, 59, 1_000),
+        ];
+        for time in times.into_iter().map(|t| t.expect("time")) {
+            assert_eq!(
+                sqlite_naive_time(&time),
+                time.format("%F %T%.f").to_string(),
+                "{time:?}"
+            );
+        }
+        let mut time = date(2023, 1, 1).and_hms_opt(0, 0, 0).expect("time");
+        // Every digit position changes over a year and a half, second by odd second.
+        for _ in 0..20_000 {
+            time += chrono::Duration::seconds(2_347);
+            assert_eq!(
+                sqlite_naive_time(&time),
+                time.format("%F %T%.f").to_string()
+            );
+        }
+    }
+
     #[test]
     fn batches_are_cut_into_power_of_two_chunks_in_order() {
         let items: Vec<usize> = (0..300).collect();
@@ -1303,6 +1379,56 @@ mod tests {
     }
 
     /// A migrated store on a fresh SQLite file in `dir`, and the path of that file.
+    /// The listing of a terminal's punches reads the natural key in time order, the only index left on
+    /// `attendance_logs` (a scan of the table, or of another terminal's punches, would fail this).
+    #[tokio::test]
+    async fn a_terminals_punches_are_listed_from_the_natural_key() {
+        use sea_orm::QueryTrait;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_store, path) = sqlite_store(&dir).await;
+        // A connection opened after the migration: `EXPLAIN` on a pooled one opened before it may describe
+        // the old schema (it does not check the schema's version as a query does, and re-prepare).
+        let db = sea_orm::Database::connect(format!("sqlite://{}", path.display()))
+            .await
+            .expect("connect");
+        let time = NaiveDateTime::parse_from_str("2024-06-01 08:30:05", "%Y-%m-%d %H:%M:%S")
+            .expect("time");
+        let cursor = LogCursor { time, id: 42 };
+        for (query, what) in [
+            (logs_page_query(7, 50, None, None), "first page"),
+            (logs_page_query(7, 50, Some(cursor), None), "next page"),
+            (logs_page_query(7, 50, Some(cursor), Some(time)), "since"),
+        ] {
+            let built = query.build(DbBackend::Sqlite);
+            let explain = Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!("EXPLAIN QUERY PLAN {}", built.sql),
+                built.values.map(|v| v.0).unwrap_or_default(),
+            );
+            let plan = db
+                .query_all_raw(explain)
+                .await
+                .expect("explain")
+                .iter()
+                .map(|row| row.try_get::<String>("", "detail").expect("detail"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                plan.contains("USING INDEX ux_attendance_logs_terminal_time_key (terminal_id=?"),
+                "{what}: {plan}"
+            );
+        }
+        let indexes = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attendance_logs' \
+                 AND sql IS NOT NULL",
+            ))
+            .await
+            .expect("indexes");
+        assert_eq!(indexes.len(), 1, "one index on attendance_logs");
+    }
+
     async fn sqlite_store(dir: &tempfile::TempDir) -> (Store, std::path::PathBuf) {
         let path = dir.path().join("gh.db");
         let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
