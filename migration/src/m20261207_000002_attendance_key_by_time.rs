@@ -4,13 +4,16 @@
 //!
 //! Every stored punch was a B-tree insert into the table and into both indexes; on SQLite the attendance
 //! writer (one connection, a commit per group) spent its time on them, and ingestion was bound by it
-//! (BENCHMARKS.md, session 11: 129–136k → 167–175k records/s). The key is the same set of columns, so a re-sent
+//! (BENCHMARKS.md, session 11: 121–138k → 173–181k records/s). The key is the same set of columns, so a re-sent
 //! record still hits it (`ON CONFLICT` names the columns, in any order). A listing now reads a terminal's
-//! punches in time order from the key and sorts only the punches of equal time by id.
+//! punches in time order from the key and sorts only the punches of equal time by id: a page that starts
+//! inside a run of punches of one second reads that whole run (it could seek to its id before), the price of
+//! a B-tree fewer per punch; such runs are short unless a terminal's clock is stuck.
 //!
 //! On PostgreSQL the index is built inside the migration's transaction, which blocks writes to
-//! `attendance_logs` while it runs: on a large table, expect the upgrade to hold back acknowledgements of
-//! `sendlog` for that long (terminals re-send; nothing is lost).
+//! `attendance_logs` while it runs, and dropping the old indexes locks the table against reads too until it
+//! commits: on a large table, expect the upgrade to hold back acknowledgements of `sendlog` and listings for
+//! that long (terminals re-send; nothing is lost).
 
 use sea_orm_migration::prelude::*;
 

@@ -171,21 +171,24 @@ pub(crate) async fn reject_row(
     }
 }
 
-/// Hands a command to its session (`admit`), then follows it (`track`, given what the session answered), in
-/// a task of their own rather than the REST caller's. A caller may go away at any await (actix-web drops the
-/// handler when its client disconnects): while the message waits in the session's mailbox, actix then skips
+/// Records a command's row (`record`), hands the command to its session (`admit`), then follows it (`track`,
+/// given what the session answered), in a task of their own rather than the REST caller's. A caller may go
+/// away at any await (actix-web drops the handler when its client disconnects): after the row's insert was
+/// committed, nothing would send the command; while the message waits in the session's mailbox, actix skips
 /// the handler and drops the message; between the session's yes and the tracker's start, nobody would follow
-/// the command. Either way the row stayed unsettled for good. In a task the message is handled and the row
-/// settled whatever the caller does. A refused command's row is settled (see [`reject_row`]) before the
-/// caller hears why.
+/// the command. Each left a row unsettled for good. In a task the row is recorded, the message handled and
+/// the row settled whatever the caller does. A refused command's row is settled (see [`reject_row`]) before
+/// the caller hears why.
 ///
 /// # Errors
-/// The refusal, or a database error while settling the refused command's row.
+/// The refusal, or a database error while recording the row or settling the refused command's row.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn admit_then_track<A, Track>(
     store: &crate::store::Store,
     id: uuid::Uuid,
     origin: Origin,
     device: &str,
+    record: impl std::future::Future<Output = Result<(), crate::store::StoreError>> + 'static,
     admit: impl std::future::Future<Output = Result<A, DispatchError>> + 'static,
     track: impl FnOnce(A) -> Track + 'static,
 ) -> Result<(), DispatchError>
@@ -196,6 +199,11 @@ where
     let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
     let store = store.clone();
     actix_rt::spawn(async move {
+        if let Err(err) = record.await {
+            // No row, nothing sent: the caller hears the database error.
+            let _ = admitted_tx.send(Err(err.into()));
+            return;
+        }
         match admit.await {
             Ok(answer) => {
                 let _ = admitted_tx.send(Ok(()));
@@ -213,7 +221,8 @@ where
             }
         }
     });
-    // The task is gone without a word only when its runtime stopped: the node is shutting down.
+    // The task ends without a word only when its runtime stops (the node is shutting down) or it panicked:
+    // then its row may be left as it was, which the caller cannot change either.
     admitted_rx
         .await
         .unwrap_or_else(|_| Err(DispatchError::NotConnected(device.to_owned())))
@@ -241,8 +250,51 @@ fn command_id() -> uuid::Uuid {
     uuid::Uuid::now_v7()
 }
 
-/// The audit row of a command about to be queued on a session: inserted for a new command, the existing one
-/// for a claimed queued command. Returns its id.
+/// The id of a command's row: a new one, or the claimed queued command's own.
+pub(crate) fn command_row_id(origin: Origin) -> uuid::Uuid {
+    match origin {
+        Origin::Claimed { id, .. } => id,
+        Origin::New { .. } | Origin::Live { .. } => command_id(),
+    }
+}
+
+/// Records the audit row `id` of a command about to be queued on a session: inserted (and committed) for a new
+/// command, put in memory for a live one, left as it is for a claimed queued command.
+///
+/// # Errors
+/// On a database failure.
+pub(crate) async fn record_command_row(
+    store: crate::store::Store,
+    id: uuid::Uuid,
+    origin: Origin,
+    device_kind: &'static str,
+    device: String,
+    command: String,
+    params: serde_json::Value,
+) -> Result<(), crate::store::StoreError> {
+    let row = |deliver_queued, expires_at| crate::store::NewCommand {
+        id,
+        device_kind,
+        device,
+        command,
+        params,
+        deliver_queued,
+        expires_at,
+    };
+    match origin {
+        Origin::New {
+            deliver_queued,
+            expires_at,
+        } => store.insert_command(row(deliver_queued, expires_at)).await,
+        Origin::Live { shared } => {
+            store.begin_live_command(row(false, None), shared);
+            Ok(())
+        }
+        Origin::Claimed { .. } => Ok(()),
+    }
+}
+
+/// [`record_command_row`] under a fresh id (or the claimed command's), which it returns.
 ///
 /// # Errors
 /// On a database failure.
@@ -254,43 +306,18 @@ pub(crate) async fn command_row(
     command: &str,
     params: serde_json::Value,
 ) -> Result<uuid::Uuid, crate::store::StoreError> {
-    match origin {
-        Origin::New {
-            deliver_queued,
-            expires_at,
-        } => {
-            let id = command_id();
-            store
-                .insert_command(crate::store::NewCommand {
-                    id,
-                    device_kind,
-                    device: device.to_owned(),
-                    command: command.to_owned(),
-                    params,
-                    deliver_queued,
-                    expires_at,
-                })
-                .await?;
-            Ok(id)
-        }
-        Origin::Live { shared } => {
-            let id = command_id();
-            store.begin_live_command(
-                crate::store::NewCommand {
-                    id,
-                    device_kind,
-                    device: device.to_owned(),
-                    command: command.to_owned(),
-                    params,
-                    deliver_queued: false,
-                    expires_at: None,
-                },
-                shared,
-            );
-            Ok(id)
-        }
-        Origin::Claimed { id, .. } => Ok(id),
-    }
+    let id = command_row_id(origin);
+    record_command_row(
+        store.clone(),
+        id,
+        origin,
+        device_kind,
+        device.to_owned(),
+        command.to_owned(),
+        params,
+    )
+    .await?;
+    Ok(id)
 }
 
 #[cfg(test)]
@@ -327,13 +354,17 @@ mod tests {
     /// Polls `id`'s row until its state is `state` (five seconds at most); the row at the end.
     async fn row_in_state(store: &Store, id: uuid::Uuid, state: &str) -> entity::command::Model {
         for _ in 0..500 {
-            let row = store.command(id).await.expect("read").expect("row");
-            if row.state == state {
+            let row = store.command(id).await.expect("read");
+            if let Some(row) = row.filter(|row| row.state == state) {
                 return row;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        store.command(id).await.expect("read").expect("row")
+        store
+            .command(id)
+            .await
+            .expect("read")
+            .expect("the row exists")
     }
 
     /// The REST caller is gone (its future dropped) while the session has not answered yet.
@@ -359,17 +390,23 @@ mod tests {
             deliver_queued: false,
             expires_at: None,
         };
+        let tracked = Arc::new(AtomicI32::new(0));
+        let seen = tracked.clone();
         caller_goes_away(admit_then_track(
             &store,
             id,
             origin,
             "SN1",
+            async { Ok(()) },
             admit,
-            |()| async { panic!("a refused command is not tracked") },
+            move |()| async move {
+                seen.store(1, Ordering::SeqCst);
+            },
         ))
         .await;
         answer_tx.send(()).expect("the admission still runs");
         let row = row_in_state(&store, id, "failed").await;
+        assert_eq!(tracked.load(Ordering::SeqCst), 0, "a refused command is not tracked");
         assert_eq!(row.state, "failed");
         assert_eq!(
             row.error.as_deref(),
@@ -397,6 +434,7 @@ mod tests {
             id,
             origin,
             "SN1",
+            async { Ok(()) },
             admit,
             move |answer| async move {
                 seen.store(answer, Ordering::SeqCst);
@@ -416,6 +454,48 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_row_recorded_after_its_caller_went_away_is_still_settled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _) = store_with_command(&dir).await;
+        let origin = Origin::New {
+            deliver_queued: false,
+            expires_at: None,
+        };
+        let id = command_row_id(origin);
+        let (insert_tx, insert_rx) = tokio::sync::oneshot::channel::<()>();
+        let record = {
+            let store = store.clone();
+            async move {
+                let _ = insert_rx.await;
+                record_command_row(
+                    store,
+                    id,
+                    origin,
+                    "tm20",
+                    "SN1".into(),
+                    "opendoor".into(),
+                    serde_json::json!({}),
+                )
+                .await
+            }
+        };
+        let admit = async { Err::<(), _>(DispatchError::NotConnected("SN1".into())) };
+        caller_goes_away(admit_then_track(
+            &store,
+            id,
+            origin,
+            "SN1",
+            record,
+            admit,
+            |()| async {},
+        ))
+        .await;
+        insert_tx.send(()).expect("the row is still recorded");
+        let row = row_in_state(&store, id, "failed").await;
+        assert_eq!(row.error.as_deref(), Some("SN1 is not connected"));
+    }
+
+    #[actix_rt::test]
     async fn a_refusal_reaches_a_caller_who_waits_after_the_row_is_settled() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, id) = store_with_command(&dir).await;
@@ -424,7 +504,16 @@ mod tests {
             expires_at: None,
         };
         let admit = async { Err::<(), _>(DispatchError::NotConnected("SN1".into())) };
-        let refused = admit_then_track(&store, id, origin, "SN1", admit, |()| async {}).await;
+        let refused = admit_then_track(
+            &store,
+            id,
+            origin,
+            "SN1",
+            async { Ok(()) },
+            admit,
+            |()| async {},
+        )
+        .await;
         assert!(matches!(refused, Err(DispatchError::NotConnected(sn)) if sn == "SN1"));
         let row = store.command(id).await.expect("read").expect("row");
         assert_eq!(row.state, "failed");

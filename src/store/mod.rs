@@ -388,7 +388,9 @@ const LOG_COLUMNS: usize = 10;
 /// The INSERT of `rows` attendance rows, text only (the values are bound): what sea-query built from the same
 /// columns, written directly, because building it (and cloning every value into it) was a tenth of a batch's
 /// cost. The natural key `(terminal_id, enrollid, time, mode, inout, event)` is the conflict target: a record
-/// already stored under it is skipped, so a re-sent batch adds nothing.
+/// already stored under it is skipped, so a re-sent batch adds nothing. (The unique index on it,
+/// `ux_attendance_logs_terminal_time_key`, holds the same columns led by the time; both databases match a
+/// conflict target to an index by its set of columns.)
 fn insert_logs_sql(backend: DbBackend, rows: usize) -> String {
     let mut sql = String::with_capacity(256 + rows * 64);
     sql.push_str(
@@ -1378,7 +1380,6 @@ mod tests {
         }
     }
 
-    /// A migrated store on a fresh SQLite file in `dir`, and the path of that file.
     /// The listing of a terminal's punches reads the natural key in time order, the only index left on
     /// `attendance_logs` (a scan of the table, or of another terminal's punches, would fail this).
     #[tokio::test]
@@ -1429,6 +1430,7 @@ mod tests {
         assert_eq!(indexes.len(), 1, "one index on attendance_logs");
     }
 
+    /// A migrated store on a fresh SQLite file in `dir`, and the path of that file.
     async fn sqlite_store(dir: &tempfile::TempDir) -> (Store, std::path::PathBuf) {
         let path = dir.path().join("gh.db");
         let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))

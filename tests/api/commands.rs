@@ -225,6 +225,25 @@ async fn command_status_codes() {
         (429, Some("queue_full")),
         "{b3}"
     );
+    // A caller that waits (a live command, settled by the session itself) is refused the same way.
+    let (s4, b4) = app.command("SILENT1", "opendoor", json!({})).await;
+    assert_eq!(
+        (s4, b4["error"].as_str()),
+        (429, Some("queue_full")),
+        "{b4}"
+    );
+    // Both refused commands' rows say why, whichever path refused them.
+    let (_, failed) = app.get("/api/commands?device=SILENT1&state=failed").await;
+    let errors: Vec<&str> = failed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["error"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        errors, ["SILENT1 has too many commands waiting"; 2],
+        "{failed}"
+    );
     let id = q1["id"].as_str().unwrap().to_owned();
     app.eventually("first queued command times out", || {
         let app = &app;

@@ -97,6 +97,48 @@ async fn logs_are_keyset_paginated_newest_first_and_filtered_by_since() {
     assert_eq!(status, 404);
 }
 
+/// Punches of one second (a burst at the door, or a terminal whose clock is stuck) are paged by id within
+/// that second: every one once, newest first.
+#[actix_rt::test]
+async fn punches_of_the_same_time_are_paged_without_gaps_or_repeats() {
+    let app = spawn_app().await;
+    let sim = SimTerminal::connect(SimConfig::new(app.ws_url("/pub/chat"), "LOG0005"))
+        .await
+        .unwrap();
+    let mut batch: Vec<Value> = (0..25)
+        .map(|i| punch(i + 1, "2024-05-01 08:00:00"))
+        .collect();
+    batch.push(punch(100, "2024-05-01 09:00:00"));
+    batch.push(punch(101, "2024-05-01 07:00:00"));
+    sim.send_logs(batch).await.unwrap();
+
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    let mut path = "/api/terminals/LOG0005/logs?limit=10".to_string();
+    loop {
+        let (status, body) = app.get(&path).await;
+        assert_eq!(status, 200, "{body}");
+        for item in body["items"].as_array().unwrap() {
+            seen.push((
+                item["time"].as_str().unwrap().to_owned(),
+                item["id"].as_i64().unwrap(),
+            ));
+        }
+        match body["next_before"].as_str() {
+            Some(cursor) => path = format!("/api/terminals/LOG0005/logs?limit=10&before={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 27, "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    sorted.dedup();
+    assert_eq!(
+        seen, sorted,
+        "newest first, by id within a second, none twice"
+    );
+}
+
 #[actix_rt::test]
 async fn a_failed_database_write_answers_result_false_and_the_resend_is_stored() {
     let app = spawn_app().await;

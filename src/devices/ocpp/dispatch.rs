@@ -38,15 +38,16 @@ pub async fn dispatch(
     origin: Origin,
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
     let name = action.action();
-    let id = crate::devices::command_row(
-        store,
+    let id = crate::devices::command_row_id(origin);
+    let record = crate::devices::record_command_row(
+        store.clone(),
+        id,
         origin,
         super::DEVICE_KIND,
-        charge_point_id,
-        name,
+        charge_point_id.to_owned(),
+        name.to_owned(),
         action.payload(),
-    )
-    .await?;
+    );
     let (events_tx, events_rx) = mpsc::channel(2);
     let call = QueuedCall {
         id,
@@ -64,11 +65,19 @@ pub async fn dispatch(
     };
     let (done_tx, done_rx) = oneshot::channel();
     let (store_, events, device) = (store.clone(), events.clone(), charge_point_id.to_owned());
-    crate::devices::admit_then_track(store, id, origin, charge_point_id, admit, move |()| {
-        track(
-            store_, events, device, id, charger_id, name, origin, events_rx, done_tx,
-        )
-    })
+    crate::devices::admit_then_track(
+        store,
+        id,
+        origin,
+        charge_point_id,
+        record,
+        admit,
+        move |()| {
+            track(
+                store_, events, device, id, charger_id, name, origin, events_rx, done_tx,
+            )
+        },
+    )
     .await?;
     Ok((id, done_rx))
 }

@@ -45,15 +45,16 @@ pub async fn dispatch(
     origin: Origin,
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
     let name = call.name();
-    let id = crate::devices::command_row(
-        store,
+    let id = crate::devices::command_row_id(origin);
+    let record = crate::devices::record_command_row(
+        store.clone(),
+        id,
         origin,
         super::DEVICE_KIND,
-        sn,
-        &name,
+        sn.to_owned(),
+        name.clone(),
         params_of(&call, false),
-    )
-    .await?;
+    );
     let (events_tx, events_rx) = mpsc::channel(2);
     let method = metric_method(&call.method);
     let queued = QueuedCall {
@@ -71,7 +72,7 @@ pub async fn dispatch(
     };
     let (done_tx, done_rx) = oneshot::channel();
     let (store_, events, device) = (store.clone(), events.clone(), sn.to_owned());
-    crate::devices::admit_then_track(store, id, origin, sn, admit, move |()| {
+    crate::devices::admit_then_track(store, id, origin, sn, record, admit, move |()| {
         track(
             store_, events, device, id, name, method, origin, events_rx, done_tx,
         )

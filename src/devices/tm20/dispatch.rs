@@ -39,7 +39,8 @@ pub enum Finished {
 ///
 /// # Errors
 /// [`DispatchError::NotConnected`] when the session is gone or not registered, [`DispatchError::QueueFull`]
-/// when the terminal's queue is full (the row is then marked failed), or a database error.
+/// when the terminal's queue is full (the row is then marked failed), or a database error (a stored row's;
+/// a live row's write is logged, as for any live command).
 pub async fn dispatch(
     store: &Store,
     events: &crate::events::EventBus,
@@ -50,18 +51,22 @@ pub async fn dispatch(
     origin: Origin,
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
     let name = command.name();
-    let id = crate::devices::command_row(
-        store,
+    let id = crate::devices::command_row_id(origin);
+    let record = crate::devices::record_command_row(
+        store.clone(),
+        id,
         origin,
         super::DEVICE_KIND,
-        sn,
-        name,
+        sn.to_owned(),
+        name.to_owned(),
         command.params_json(),
-    )
-    .await?;
+    );
     let (done_tx, done_rx) = oneshot::channel();
     let inline = matches!(origin, Origin::Live { shared: false }) && !REPLY_STORED.contains(&name);
     if inline {
+        // A live row goes into memory: done on the first poll, nothing a caller who goes away can interrupt.
+        record.await?;
+        let (refusal_written_tx, refusal_written_rx) = oneshot::channel();
         let queued = QueuedCommand {
             id,
             exchange: Exchange::new(command),
@@ -77,17 +82,22 @@ pub async fn dispatch(
                 })),
                 armed: false,
                 refusal: None,
+                refusal_written: Some(refusal_written_tx),
             }),
         };
         // No task, so nothing here may be left half done when the caller goes away: a command the session
         // refuses, or that actix drops unhandled, settles its own row when dropped (see `Inline`'s `Drop`).
-        return match session.send(SendCommand(queued)).await {
-            Ok(Ok(_)) => Ok((id, done_rx)),
-            Ok(Err(CommandRejected::QueueFull)) => Err(DispatchError::QueueFull(sn.to_owned())),
+        let refusal = match session.send(SendCommand(queued)).await {
+            Ok(Ok(_)) => return Ok((id, done_rx)),
+            Ok(Err(CommandRejected::QueueFull)) => DispatchError::QueueFull(sn.to_owned()),
             Ok(Err(CommandRejected::NotRegistered)) | Err(_) => {
-                Err(DispatchError::NotConnected(sn.to_owned()))
+                DispatchError::NotConnected(sn.to_owned())
             }
         };
+        // The refused row is queued for writing before the caller hears why: a stalled database holds refused
+        // callers back too, instead of piling up their rows in memory.
+        let _ = refusal_written_rx.await;
+        return Err(refusal);
     }
     // Two events per command at most (Sent, Finished): the session never waits on this channel.
     let (events_tx, events_rx) = mpsc::channel(2);
@@ -108,19 +118,27 @@ pub async fn dispatch(
         }
     };
     let (store_, events, device) = (store.clone(), events.clone(), sn.to_owned());
-    crate::devices::admit_then_track(store, id, origin, sn, admit, move |known: Option<i32>| {
-        track(
-            store_,
-            events,
-            device,
-            id,
-            terminal_id.or(known),
-            Arc::new(command),
-            origin,
-            events_rx,
-            done_tx,
-        )
-    })
+    crate::devices::admit_then_track(
+        store,
+        id,
+        origin,
+        sn,
+        record,
+        admit,
+        move |known: Option<i32>| {
+            track(
+                store_,
+                events,
+                device,
+                id,
+                terminal_id.or(known),
+                Arc::new(command),
+                origin,
+                events_rx,
+                done_tx,
+            )
+        },
+    )
     .await?;
     Ok((id, done_rx))
 }
@@ -172,6 +190,8 @@ pub struct Inline {
     armed: bool,
     /// Why the session refused it, if it said.
     refusal: Option<CommandRejected>,
+    /// Dropped once a refused command's row is queued for writing ([`dispatch`] waits for it).
+    refusal_written: Option<oneshot::Sender<()>>,
 }
 
 struct Settle {
@@ -225,13 +245,18 @@ impl Drop for Inline {
                 DispatchError::NotConnected(settle.sn.clone())
             }
         };
+        let written = self.refusal_written.take();
         if let Some(pending) = settle.store.finish_live_command_behind(
             settle.id,
             CommandState::Failed,
             None,
             Some(reason.to_string()),
         ) {
-            crate::store::spawn_detached("command_records", pending);
+            // The rows' queue is full: a task waits for room, whether or not the caller still does.
+            crate::store::spawn_detached("command_records", async move {
+                pending.await;
+                drop(written);
+            });
         }
     }
 }
@@ -506,6 +531,7 @@ mod tests {
             })),
             armed: false,
             refusal: None,
+            refusal_written: None,
         };
         (store, id, inline, done_rx)
     }
