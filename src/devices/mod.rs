@@ -329,15 +329,18 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
+    /// A command whose row is stored at once (not live).
+    const STORED: Origin = Origin::New {
+        deliver_queued: false,
+        expires_at: None,
+    };
+
     /// A migrated store on a fresh SQLite file in `dir`, holding one new (not live) command row.
     async fn store_with_command(dir: &tempfile::TempDir) -> (Store, uuid::Uuid) {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("gh.db").display());
         let store = Store::connect(&url).await.expect("connect");
         store.migrate().await.expect("migrate");
-        let origin = Origin::New {
-            deliver_queued: false,
-            expires_at: None,
-        };
+        let origin = STORED;
         let id = command_row(
             &store,
             origin,
@@ -386,10 +389,7 @@ mod tests {
             let _ = answer_rx.await;
             Err::<(), _>(DispatchError::QueueFull("SN1".into()))
         };
-        let origin = Origin::New {
-            deliver_queued: false,
-            expires_at: None,
-        };
+        let origin = STORED;
         let tracked = Arc::new(AtomicI32::new(0));
         let seen = tracked.clone();
         caller_goes_away(admit_then_track(
@@ -406,7 +406,11 @@ mod tests {
         .await;
         answer_tx.send(()).expect("the admission still runs");
         let row = row_in_state(&store, id, "failed").await;
-        assert_eq!(tracked.load(Ordering::SeqCst), 0, "a refused command is not tracked");
+        assert_eq!(
+            tracked.load(Ordering::SeqCst),
+            0,
+            "a refused command is not tracked"
+        );
         assert_eq!(row.state, "failed");
         assert_eq!(
             row.error.as_deref(),
@@ -425,10 +429,7 @@ mod tests {
         };
         let tracked = Arc::new(AtomicI32::new(0));
         let seen = tracked.clone();
-        let origin = Origin::New {
-            deliver_queued: false,
-            expires_at: None,
-        };
+        let origin = STORED;
         caller_goes_away(admit_then_track(
             &store,
             id,
@@ -457,10 +458,7 @@ mod tests {
     async fn a_row_recorded_after_its_caller_went_away_is_still_settled() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _) = store_with_command(&dir).await;
-        let origin = Origin::New {
-            deliver_queued: false,
-            expires_at: None,
-        };
+        let origin = STORED;
         let id = command_row_id(origin);
         let (insert_tx, insert_rx) = tokio::sync::oneshot::channel::<()>();
         let record = {
@@ -499,10 +497,7 @@ mod tests {
     async fn a_refusal_reaches_a_caller_who_waits_after_the_row_is_settled() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, id) = store_with_command(&dir).await;
-        let origin = Origin::New {
-            deliver_queued: false,
-            expires_at: None,
-        };
+        let origin = STORED;
         let admit = async { Err::<(), _>(DispatchError::NotConnected("SN1".into())) };
         let refused = admit_then_track(
             &store,

@@ -1308,8 +1308,27 @@ impl CommandState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// SQLite's plan for a built query, one line per step.
+    pub(in crate::store) async fn sqlite_plan(
+        db: &impl ConnectionTrait,
+        built: Statement,
+    ) -> String {
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", built.sql),
+            built.values.map(|v| v.0).unwrap_or_default(),
+        );
+        db.query_all_raw(explain)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.try_get::<String>("", "detail").expect("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 
     /// The digit-by-digit path writes what chrono writes, and hands chrono what it does not cover.
     #[test]
@@ -1400,20 +1419,7 @@ mod tests {
             (logs_page_query(7, 50, Some(cursor), None), "next page"),
             (logs_page_query(7, 50, Some(cursor), Some(time)), "since"),
         ] {
-            let built = query.build(DbBackend::Sqlite);
-            let explain = Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                format!("EXPLAIN QUERY PLAN {}", built.sql),
-                built.values.map(|v| v.0).unwrap_or_default(),
-            );
-            let plan = db
-                .query_all_raw(explain)
-                .await
-                .expect("explain")
-                .iter()
-                .map(|row| row.try_get::<String>("", "detail").expect("detail"))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let plan = sqlite_plan(&db, query.build(DbBackend::Sqlite)).await;
             assert!(
                 plan.contains("USING INDEX ux_attendance_logs_terminal_time_key (terminal_id=?"),
                 "{what}: {plan}"

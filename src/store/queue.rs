@@ -316,27 +316,12 @@ fn queued_delivery() -> Expr {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+    use sea_orm::{DbBackend, QueryTrait};
 
     use super::*;
 
-    /// SQLite's plan for a query, one line per step.
     async fn plan(store: &Store, query: sea_orm::Select<command::Entity>) -> String {
-        let built = query.build(DbBackend::Sqlite);
-        let explain = Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            format!("EXPLAIN QUERY PLAN {}", built.sql),
-            built.values.map(|v| v.0).unwrap_or_default(),
-        );
-        store
-            .connection()
-            .query_all_raw(explain)
-            .await
-            .expect("explain")
-            .iter()
-            .map(|row| row.try_get::<String>("", "detail").expect("detail"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        crate::store::tests::sqlite_plan(store.connection(), query.build(DbBackend::Sqlite)).await
     }
 
     /// The offline queue's look-ups must be covered by the partial index: a query the index's `WHERE` does not
