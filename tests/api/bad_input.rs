@@ -11,6 +11,9 @@ async fn broken_frames_get_result_false_and_nothing_else_is_disturbed() {
     let bystander = SimTerminal::connect(SimConfig::new(app.ws_url("/pub/chat"), "GOOD001"))
         .await
         .unwrap();
+    // The reg reply comes before the terminal is recorded and listed (tm20.md §1.7): wait for it.
+    app.eventually("bystander online", || app.is_online("GOOD001"))
+        .await;
     let mut bad = RawTerminal::register(&app.ws_url("/pub/chat"), "BAD0001").await;
 
     // Truncated sendlog (as real loggers and flaky Wi-Fi produce): result:false so it is re-sent.
@@ -80,6 +83,9 @@ async fn an_oversized_frame_closes_only_that_socket() {
     let bystander = SimTerminal::connect(SimConfig::new(app.ws_url("/pub/chat"), "GOOD002"))
         .await
         .unwrap();
+    // The reg reply comes before the terminal is recorded and listed (tm20.md §1.7): wait for it.
+    app.eventually("bystander online", || app.is_online("GOOD002"))
+        .await;
     let mut big = RawTerminal::register(&app.ws_url("/pub/chat"), "BIG0001").await;
     let photo = "A".repeat(100 * 1024);
     big.send(&json!({"cmd":"senduser","enrollid":1,"backupnum":50,"record":photo}).to_string())
@@ -109,6 +115,9 @@ async fn a_flood_of_frames_is_answered_in_order_and_others_carry_on() {
     let bystander = SimTerminal::connect(SimConfig::new(app.ws_url("/pub/chat"), "GOOD003"))
         .await
         .unwrap();
+    // The reg reply comes before the terminal is recorded and listed (tm20.md §1.7): wait for it.
+    app.eventually("bystander online", || app.is_online("GOOD003"))
+        .await;
     let mut flood = RawTerminal::register(&app.ws_url("/pub/chat"), "FLOOD01").await;
     const N: i64 = 400;
     let writer = async {
