@@ -182,8 +182,11 @@ pub(crate) async fn reject_row(
 ///
 /// # Errors
 /// The refusal, or a database error while recording the row or settling the refused command's row.
+///
+/// The task is spawned at the call, and what is returned only waits for its word: the caller's future stays
+/// small (it is moved, and its size copied, at every hand-off between actix's futures).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn admit_then_track<A, Track>(
+pub(crate) fn admit_then_track<A, Track>(
     store: &crate::store::Store,
     id: uuid::Uuid,
     origin: Origin,
@@ -191,7 +194,7 @@ pub(crate) async fn admit_then_track<A, Track>(
     record: impl std::future::Future<Output = Result<(), crate::store::StoreError>> + 'static,
     admit: impl std::future::Future<Output = Result<A, DispatchError>> + 'static,
     track: impl FnOnce(A) -> Track + 'static,
-) -> Result<(), DispatchError>
+) -> impl std::future::Future<Output = Result<(), DispatchError>>
 where
     A: 'static,
     Track: std::future::Future<Output = ()> + 'static,
@@ -223,9 +226,12 @@ where
     });
     // The task ends without a word only when its runtime stops (the node is shutting down) or it panicked:
     // then its row may be left as it was, which the caller cannot change either.
-    admitted_rx
-        .await
-        .unwrap_or_else(|_| Err(DispatchError::NotConnected(device.to_owned())))
+    let device = device.to_owned();
+    async move {
+        admitted_rx
+            .await
+            .unwrap_or_else(|_| Err(DispatchError::NotConnected(device)))
+    }
 }
 
 /// The `reason` label of `gatehouse_disconnects_total` for a socket we closed.

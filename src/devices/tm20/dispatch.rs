@@ -52,20 +52,23 @@ pub async fn dispatch(
 ) -> Result<(Uuid, oneshot::Receiver<Finished>), DispatchError> {
     let name = command.name();
     let id = crate::devices::command_row_id(origin);
-    let record = crate::devices::record_command_row(
-        store.clone(),
-        id,
-        origin,
-        super::DEVICE_KIND,
-        sn.to_owned(),
-        name.to_owned(),
-        command.params_json(),
-    );
     let (done_tx, done_rx) = oneshot::channel();
     let inline = matches!(origin, Origin::Live { shared: false }) && !REPLY_STORED.contains(&name);
     if inline {
-        // A live row goes into memory: done on the first poll, nothing a caller who goes away can interrupt.
-        record.await?;
+        // A live row goes into memory at once: nothing a caller who goes away can interrupt, and no future
+        // (holding a clone of the store) in this one's state.
+        store.begin_live_command(
+            crate::store::NewCommand {
+                id,
+                device_kind: super::DEVICE_KIND,
+                device: sn.to_owned(),
+                command: name.to_owned(),
+                params: command.params_json(),
+                deliver_queued: false,
+                expires_at: None,
+            },
+            false,
+        );
         let (refusal_written_tx, refusal_written_rx) = oneshot::channel();
         let queued = QueuedCommand {
             id,
@@ -99,6 +102,15 @@ pub async fn dispatch(
         let _ = refusal_written_rx.await;
         return Err(refusal);
     }
+    let record = crate::devices::record_command_row(
+        store.clone(),
+        id,
+        origin,
+        super::DEVICE_KIND,
+        sn.to_owned(),
+        name.to_owned(),
+        command.params_json(),
+    );
     // Two events per command at most (Sent, Finished): the session never waits on this channel.
     let (events_tx, events_rx) = mpsc::channel(2);
     let queued = QueuedCommand {
