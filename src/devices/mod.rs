@@ -278,26 +278,54 @@ pub(crate) async fn record_command_row(
     command: String,
     params: serde_json::Value,
 ) -> Result<(), crate::store::StoreError> {
-    let row = |deliver_queued, expires_at| crate::store::NewCommand {
-        id,
-        device_kind,
-        device,
-        command,
-        params,
-        deliver_queued,
-        expires_at,
-    };
     match origin {
         Origin::New {
             deliver_queued,
             expires_at,
-        } => store.insert_command(row(deliver_queued, expires_at)).await,
+        } => {
+            store
+                .insert_command(crate::store::NewCommand {
+                    id,
+                    device_kind,
+                    device,
+                    command,
+                    params,
+                    deliver_queued,
+                    expires_at,
+                })
+                .await
+        }
         Origin::Live { shared } => {
-            store.begin_live_command(row(false, None), shared);
+            begin_live_row(&store, id, shared, device_kind, device, command, params);
             Ok(())
         }
         Origin::Claimed { .. } => Ok(()),
     }
+}
+
+/// The [`Origin::Live`] arm of [`record_command_row`], for a caller that must not hold a future: the row goes
+/// into memory at once.
+pub(crate) fn begin_live_row(
+    store: &crate::store::Store,
+    id: uuid::Uuid,
+    shared: bool,
+    device_kind: &'static str,
+    device: String,
+    command: String,
+    params: serde_json::Value,
+) {
+    store.begin_live_command(
+        crate::store::NewCommand {
+            id,
+            device_kind,
+            device,
+            command,
+            params,
+            deliver_queued: false,
+            expires_at: None,
+        },
+        shared,
+    );
 }
 
 /// [`record_command_row`] under a fresh id (or the claimed command's), which it returns.

@@ -57,17 +57,14 @@ pub async fn dispatch(
     if inline {
         // A live row goes into memory at once: nothing a caller who goes away can interrupt, and no future
         // (holding a clone of the store) in this one's state.
-        store.begin_live_command(
-            crate::store::NewCommand {
-                id,
-                device_kind: super::DEVICE_KIND,
-                device: sn.to_owned(),
-                command: name.to_owned(),
-                params: command.params_json(),
-                deliver_queued: false,
-                expires_at: None,
-            },
+        crate::devices::begin_live_row(
+            store,
+            id,
             false,
+            super::DEVICE_KIND,
+            sn.to_owned(),
+            name.to_owned(),
+            command.params_json(),
         );
         let (refusal_written_tx, refusal_written_rx) = oneshot::channel();
         let queued = QueuedCommand {
@@ -92,10 +89,8 @@ pub async fn dispatch(
         // refuses, or that actix drops unhandled, settles its own row when dropped (see `Inline`'s `Drop`).
         let refusal = match session.send(SendCommand(queued)).await {
             Ok(Ok(_)) => return Ok((id, done_rx)),
-            Ok(Err(CommandRejected::QueueFull)) => DispatchError::QueueFull(sn.to_owned()),
-            Ok(Err(CommandRejected::NotRegistered)) | Err(_) => {
-                DispatchError::NotConnected(sn.to_owned())
-            }
+            Ok(Err(why)) => refusal_error(sn, Some(why)),
+            Err(_) => refusal_error(sn, None),
         };
         // The refused row is queued for writing before the caller hears why: a stalled database holds refused
         // callers back too, instead of piling up their rows in memory.
@@ -123,10 +118,8 @@ pub async fn dispatch(
     let admit = async move {
         match session.send(SendCommand(queued)).await {
             Ok(Ok(known)) => Ok(known),
-            Ok(Err(CommandRejected::QueueFull)) => Err(DispatchError::QueueFull(device)),
-            Ok(Err(CommandRejected::NotRegistered)) | Err(_) => {
-                Err(DispatchError::NotConnected(device))
-            }
+            Ok(Err(why)) => Err(refusal_error(&device, Some(why))),
+            Err(_) => Err(refusal_error(&device, None)),
         }
     };
     let (store_, events, device) = (store.clone(), events.clone(), sn.to_owned());
@@ -153,6 +146,14 @@ pub async fn dispatch(
     )
     .await?;
     Ok((id, done_rx))
+}
+
+/// What the caller of a command the session refused (`why`; `None`: it never answered) is told.
+fn refusal_error(sn: &str, why: Option<CommandRejected>) -> DispatchError {
+    match why {
+        Some(CommandRejected::QueueFull) => DispatchError::QueueFull(sn.to_owned()),
+        Some(CommandRejected::NotRegistered) | None => DispatchError::NotConnected(sn.to_owned()),
+    }
 }
 
 /// Commands whose reply is stored beyond the command's own row (see [`store_read_results`]): always tracked.
@@ -251,12 +252,7 @@ impl Drop for Inline {
             settle.finish(CommandOutcome::Disconnected);
             return;
         }
-        let reason = match self.refusal {
-            Some(CommandRejected::QueueFull) => DispatchError::QueueFull(settle.sn.clone()),
-            Some(CommandRejected::NotRegistered) | None => {
-                DispatchError::NotConnected(settle.sn.clone())
-            }
-        };
+        let reason = refusal_error(&settle.sn, self.refusal);
         let written = self.refusal_written.take();
         if let Some(pending) = settle.store.finish_live_command_behind(
             settle.id,
