@@ -25,7 +25,11 @@ pub async fn run(
 
     let sns = serial_numbers(&run_prefix('N'), devices);
     let concurrency = ctx.common.concurrency;
+    let registering = CpuWindow::start(server);
     let fleet = connect_all(&server.ws_url, &sns, concurrency, &ctx.pool, "reg").await?;
+    // Both processes share this box's cores: the bench's own CPU per registration tells when the load
+    // generator, not the server, is the bound.
+    let (_, reg_server_cpu, reg_bench_cpu) = registering.stop(server);
     report.errors.merge(&fleet.errors);
     let registered = fleet.registered;
     let register_secs = fleet.elapsed.as_secs_f64();
@@ -85,6 +89,22 @@ pub async fn run(
         "registrations",
         per_sec(registered as u64, register_secs),
         "/s",
+    );
+    let per_registration = |cpu: Option<f64>| {
+        cpu.filter(|_| registered > 0)
+            .map(|c| c * 1e6 / registered as f64)
+    };
+    report.maybe(
+        "server_cpu_us_per_registration",
+        "server CPU per registration",
+        per_registration(reg_server_cpu),
+        "µs",
+    );
+    report.maybe(
+        "bench_cpu_us_per_registration",
+        "bench CPU per registration",
+        per_registration(reg_bench_cpu),
+        "µs",
     );
     report.figure(
         "listed_secs",
