@@ -251,13 +251,9 @@ impl Tm20Session {
                 // not hold up commands (under write load that took seconds).
                 let store = deps.store.clone();
                 actix_rt::spawn(async move {
+                    let (model, firmware) = (reg.model(), reg.firmware());
                     if let Err(err) = store
-                        .record_registration(
-                            &reg.sn,
-                            reg.model(),
-                            reg.firmware(),
-                            reg.devinfo.clone(),
-                        )
+                        .record_registration(&reg.sn, model, firmware, reg.devinfo)
                         .await
                     {
                         tracing::warn!(sn = %reg.sn, %err, "could not refresh the terminal's registration data");
@@ -265,9 +261,12 @@ impl Tm20Session {
                 });
                 return Ok(RegDecision::Accepted(Some(known.id)));
             }
+            // The devinfo moves into the row (a terminal's is a map of a few dozen entries: cloning it was a
+            // measurable part of a registration).
+            let (model, firmware) = (reg.model(), reg.firmware());
             let row = deps
                 .store
-                .record_registration(&reg.sn, reg.model(), reg.firmware(), reg.devinfo.clone())
+                .record_registration(&reg.sn, model, firmware, reg.devinfo)
                 .await;
             Ok::<_, crate::store::StoreError>(match row {
                 Ok(id) => RegDecision::Accepted(Some(id)),
