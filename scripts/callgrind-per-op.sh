@@ -6,11 +6,14 @@
 #   scripts/callgrind-per-op.sh [SERVER_BIN]                      # commands --devices 20 --callers 8
 #   SCENARIO="ingest --devices 20 --batch 50" METRIC=gatehouse_attendance_records_total \
 #     scripts/callgrind-per-op.sh [SERVER_BIN]                    # per attendance record
+#   WHOLE=1 SCENARIO="conns --devices 2000 --idle-secs 0.1" METRIC=gatehouse_registrations_total \
+#     scripts/callgrind-per-op.sh [SERVER_BIN]                    # per registration (connect, register, close)
 #
 # It starts SERVER_BIN (default target/release/gatehouse) under callgrind with instrumentation off, runs
 # gatehouse-bench against it for SECS (default 30), switches instrumentation on after WARM seconds (default 10,
 # past the registrations) for WINDOW seconds (default 10), and divides the instructions counted by the growth of
-# METRIC (default gatehouse_commands_total) on the node's /metrics over the same window. Under valgrind the
+# METRIC (default gatehouse_commands_total) on the node's /metrics over the same window. With WHOLE=1 (for
+# scenarios that take no --secs) the window is the whole bench run instead. Under valgrind the
 # server runs ~50x slower, so work done per unit of time (the checkpoint timer, a writer's linger) weighs more per
 # operation than at full speed; and `rep movsb`/`rep stosb` count one instruction per byte (memcpy, memset).
 # Output: one line `ir_per_op=… ops=… ir=…` and the directory with callgrind.out (callgrind_annotate reads it).
@@ -49,17 +52,30 @@ metric() {
     awk -v m="$1" '$1 ~ "^"m"(\\{|$)" {s += $2} END {printf "%d\n", s}'
 }
 
-# shellcheck disable=SC2086 # SCENARIO is a list of arguments
-"$BENCH_BIN" --server-url "http://127.0.0.1:$PORT" --server-pid "$server" --api-token callgrind \
-  $SCENARIO --secs "$SECS" >"$dir/bench.out" 2>&1 &
-bench=$!
-sleep "$WARM"
-before=$(metric "$METRIC")
-callgrind_control -i on "$server" >/dev/null 2>&1
-sleep "$WINDOW"
-callgrind_control -i off "$server" >/dev/null 2>&1
-after=$(metric "$METRIC")
-wait "$bench" || { echo "the bench failed; see $dir/bench.out" >&2; }
+if [ -n "${WHOLE:-}" ]; then
+  # A scenario without a time window (conns): count the whole run, from before the first connection to
+  # after the last close.
+  before=$(metric "$METRIC")
+  callgrind_control -i on "$server" >/dev/null 2>&1
+  # shellcheck disable=SC2086 # SCENARIO is a list of arguments
+  "$BENCH_BIN" --server-url "http://127.0.0.1:$PORT" --server-pid "$server" --api-token callgrind \
+    --concurrency 100 $SCENARIO >"$dir/bench.out" 2>&1 || { echo "the bench failed; see $dir/bench.out" >&2; }
+  sleep 2
+  callgrind_control -i off "$server" >/dev/null 2>&1
+  after=$(metric "$METRIC")
+else
+  # shellcheck disable=SC2086 # SCENARIO is a list of arguments
+  "$BENCH_BIN" --server-url "http://127.0.0.1:$PORT" --server-pid "$server" --api-token callgrind \
+    $SCENARIO --secs "$SECS" >"$dir/bench.out" 2>&1 &
+  bench=$!
+  sleep "$WARM"
+  before=$(metric "$METRIC")
+  callgrind_control -i on "$server" >/dev/null 2>&1
+  sleep "$WINDOW"
+  callgrind_control -i off "$server" >/dev/null 2>&1
+  after=$(metric "$METRIC")
+  wait "$bench" || { echo "the bench failed; see $dir/bench.out" >&2; }
+fi
 kill -TERM "$server"
 wait "$server" || true
 
