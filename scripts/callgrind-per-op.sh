@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Instructions the server executes per command (or per attendance record), counted by valgrind's callgrind:
-# repeatable for the same binary and load, whatever else the machine is doing, where commands/s on a shared
-# 2-core box moves ±20 % between runs of the same binary. For comparing two builds (BENCHMARKS.md, session 9).
+# Instructions the server executes per command (or per attendance record, or per registration), counted by
+# valgrind's callgrind: repeatable for the same binary and load, whatever else the machine is doing, where
+# commands/s on a shared 2-core box moves ±20 % between runs of the same binary. For comparing two builds
+# (BENCHMARKS.md, session 9).
 #
 #   scripts/callgrind-per-op.sh [SERVER_BIN]                      # commands --devices 20 --callers 8
 #   SCENARIO="ingest --devices 20 --batch 50" METRIC=gatehouse_attendance_records_total \
 #     scripts/callgrind-per-op.sh [SERVER_BIN]                    # per attendance record
 #   WHOLE=1 SCENARIO="conns --devices 2000 --idle-secs 0.1" METRIC=gatehouse_registrations_total \
-#     scripts/callgrind-per-op.sh [SERVER_BIN]                    # per registration (connect, register, close)
+#     scripts/callgrind-per-op.sh [SERVER_BIN]                    # per registration (connect, register, idle, close)
 #
 # It starts SERVER_BIN (default target/release/gatehouse) under callgrind with instrumentation off, runs
 # gatehouse-bench against it for SECS (default 30), switches instrumentation on after WARM seconds (default 10,
 # past the registrations) for WINDOW seconds (default 10), and divides the instructions counted by the growth of
 # METRIC (default gatehouse_commands_total) on the node's /metrics over the same window. With WHOLE=1 (for
-# scenarios that take no --secs) the window is the whole bench run instead. Under valgrind the
+# scenarios that take no --secs) the window is the whole bench run instead, until the node holds no device
+# socket any more (SECS, WARM and WINDOW are not used; the bench dials CONCURRENCY terminals at a time,
+# default 100). Under valgrind the
 # server runs ~50x slower, so work done per unit of time (the checkpoint timer, a writer's linger) weighs more per
 # operation than at full speed; and `rep movsb`/`rep stosb` count one instruction per byte (memcpy, memset).
 # Output: one line `ir_per_op=… ops=… ir=…` and the directory with callgrind.out (callgrind_annotate reads it).
@@ -52,15 +55,20 @@ metric() {
     awk -v m="$1" '$1 ~ "^"m"(\\{|$)" {s += $2} END {printf "%d\n", s}'
 }
 
-if [ -n "${WHOLE:-}" ]; then
+if [ "${WHOLE:-0}" = 1 ]; then
   # A scenario without a time window (conns): count the whole run, from before the first connection to
   # after the last close.
   before=$(metric "$METRIC")
   callgrind_control -i on "$server" >/dev/null 2>&1
   # shellcheck disable=SC2086 # SCENARIO is a list of arguments
   "$BENCH_BIN" --server-url "http://127.0.0.1:$PORT" --server-pid "$server" --api-token callgrind \
-    --concurrency 100 $SCENARIO >"$dir/bench.out" 2>&1 || { echo "the bench failed; see $dir/bench.out" >&2; }
-  sleep 2
+    --concurrency "${CONCURRENCY:-100}" $SCENARIO >"$dir/bench.out" 2>&1 ||
+    { echo "the bench failed; see $dir/bench.out" >&2; }
+  # Under valgrind the closes trail the bench's exit: wait (at most a minute) until every socket is gone.
+  for _ in $(seq 1 120); do
+    [ "$(metric gatehouse_devices_connected)" -le 0 ] && break
+    sleep 0.5
+  done
   callgrind_control -i off "$server" >/dev/null 2>&1
   after=$(metric "$METRIC")
 else

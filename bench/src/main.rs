@@ -114,7 +114,8 @@ impl Common {
 
 #[derive(Subcommand, Clone, Debug)]
 enum Scenario {
-    /// N terminals register and stay idle: registration rate, server RSS per connection, idle CPU.
+    /// N terminals register and stay idle: registration rate, CPU per registration (server and bench), server
+    /// RSS per connection, idle CPU.
     Conns {
         #[arg(long, default_value_t = 2000)]
         devices: usize,

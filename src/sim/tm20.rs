@@ -2038,6 +2038,12 @@ mod tests {
         reply(&mut d, json!({"cmd": "opendoor", "doornum": 2}));
         assert_eq!(d.state.door_opened, 2);
 
+        // The factory set, built on first use, before anything was set…
+        let r = reply(&mut d, json!({"cmd": "getdevlock"}));
+        assert_eq!(r["opendelay"], 5);
+        assert_eq!(r["weekzone"].as_array().map(Vec::len), Some(8));
+        assert_eq!(r["dayzone"][7]["day"].as_array().map(Vec::len), Some(5));
+        // …and a set merged into it.
         reply(&mut d, json!({"cmd": "setdevlock", "opendelay": 9}));
         let r = reply(&mut d, json!({"cmd": "getdevlock"}));
         assert_eq!(r["opendelay"], 9);

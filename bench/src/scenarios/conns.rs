@@ -1,5 +1,6 @@
-//! `conns`: N terminals register and stay idle. Time to register all, registrations/s, the server's RSS before
-//! and after (per connection), and its CPU while they idle.
+//! `conns`: N terminals register and stay idle. Time to register all, registrations/s, the server's and the
+//! bench's CPU per registration (until the last `reg` reply: the rows the server writes after answering are not
+//! in it), the server's RSS before and after (per connection), and its CPU while they idle.
 
 use std::time::Duration;
 
