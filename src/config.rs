@@ -257,6 +257,10 @@ pub struct Settings {
     #[arg(long, env = "DEVICE_TRANSPORT", value_enum, default_value = "lean")]
     pub device_transport: DeviceTransport,
 
+    /// Threads that serve HTTP and the device sockets accepted on `GATEHOUSE_BIND`; 0: one per CPU core.
+    #[arg(long, env = "GATEHOUSE_WORKERS", default_value = "0")]
+    pub workers: usize,
+
     /// Seconds a graceful shutdown waits for commands in flight before closing device sockets.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE", default_value = "5", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
@@ -290,6 +294,7 @@ impl Default for Settings {
             cluster_route_ttl: Duration::from_secs(30),
             cluster_heartbeat_interval: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            workers: 0,
             max_devices: 19_000,
             ip_max_sockets: 1_000,
             ip_connect_rate: 20.0,
@@ -573,6 +578,7 @@ impl Settings {
                     DeviceTransport::ActixWs => "actix-ws".into(),
                 },
             ),
+            ("GATEHOUSE_WORKERS", self.workers.to_string()),
             ("SXDM_BIND", self.sxdm_bind.clone()),
             (
                 "SXDM_AUTH_TOKEN",

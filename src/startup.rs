@@ -244,7 +244,8 @@ impl Application {
         let options = ListenerOptions {
             name: "gatehouse",
             request_timeout,
-            workers: None,
+            // 0: actix's default, one per CPU core.
+            workers: (settings.workers > 0).then_some(settings.workers),
             lean_sockets,
         };
         let server = edge::serve(listener, factory, &options).map_err(bind_err)?;
