@@ -8,11 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use entity::{attendance_log, biometric_credential, biometric_user, command, terminal};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sea_query::{Expr, OnConflict, Query, Value as SqlValue};
+use sea_orm::sea_query::{Expr, OnConflict, Value as SqlValue};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
     DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Statement, TransactionTrait,
+    Statement, TransactionTrait,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -131,20 +131,34 @@ pub(crate) struct Registration {
     at: DateTime<Utc>,
 }
 
+/// The columns a registration inserts, in the entity's order (the order sea-orm's insert names them).
+const REGISTRATION_COLUMNS: [&str; 9] = [
+    "sn",
+    "model",
+    "firmware",
+    "devinfo",
+    "is_active",
+    "is_whitelisted",
+    "last_seen",
+    "created_at",
+    "updated_at",
+];
+
 impl Registration {
-    fn row(&self) -> terminal::ActiveModel {
-        terminal::ActiveModel {
-            sn: Set(self.sn.clone()),
-            model: Set(self.model.clone()),
-            firmware: Set(self.firmware.clone()),
-            devinfo: Set(self.devinfo.clone()),
-            is_active: Set(true),
-            is_whitelisted: Set(false),
-            last_seen: Set(Some(self.at)),
-            created_at: Set(self.at),
-            updated_at: Set(self.at),
-            ..Default::default()
-        }
+    /// The row's values, in [`REGISTRATION_COLUMNS`] order, converted as sea-orm's own insert converts
+    /// them (same `Value` variants, so the same bytes are bound).
+    fn values(&self) -> [SqlValue; 9] {
+        [
+            self.sn.clone().into(),
+            self.model.clone().into(),
+            self.firmware.clone().into(),
+            self.devinfo.clone().into(),
+            true.into(),
+            false.into(),
+            Some(self.at).into(),
+            self.at.into(),
+            self.at.into(),
+        ]
     }
 
     /// One upsert for all of `regs` (serial numbers distinct), answering each terminal's id.
@@ -153,30 +167,29 @@ impl Registration {
     /// statement is a hand-off to the connection's thread, and in a reconnect storm those hand-offs (futex
     /// wake-ups and context switches), not SQLite's work, were the registrations' cost. Only the id and the
     /// serial number come back: decoding whole rows (their devinfo JSON) was most of the writer's time.
+    ///
+    /// The text is written by [`registration_upsert_sql`], not built through an `ActiveModel` and
+    /// sea-query: that cloned every row twice more and walked every value, about 20k instructions per
+    /// registration (callgrind, BENCHMARKS.md session 13).
     async fn upsert(
         regs: &[&Registration],
         txn: &sea_orm::DatabaseTransaction,
     ) -> Result<Vec<i32>, DbErr> {
-        // What the terminal did not report keeps its stored value; created_at, name and the admin's flags
-        // are never overwritten.
-        let keep_if_absent = |column: &str| {
-            Expr::cust(format!(
-                "COALESCE(\"excluded\".\"{column}\", \"terminals\".\"{column}\")"
+        let backend = txn.get_database_backend();
+        let mut values: Vec<SqlValue> = Vec::with_capacity(regs.len() * REGISTRATION_COLUMNS.len());
+        for reg in regs {
+            values.extend(reg.values());
+        }
+        let rows = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                registration_upsert_sql(backend, regs.len()),
+                values,
             ))
-        };
-        let on_conflict = OnConflict::column(terminal::Column::Sn)
-            .update_columns([terminal::Column::LastSeen, terminal::Column::UpdatedAt])
-            .value(terminal::Column::Model, keep_if_absent("model"))
-            .value(terminal::Column::Firmware, keep_if_absent("firmware"))
-            .value(terminal::Column::Devinfo, keep_if_absent("devinfo"))
-            .to_owned();
-        let mut upsert = terminal::Entity::insert_many(regs.iter().map(|reg| reg.row()))
-            .on_conflict(on_conflict)
-            .into_query();
-        upsert.returning(Query::returning().columns([terminal::Column::Id, terminal::Column::Sn]));
+            .await?;
         // RETURNING promises no order: match the rows to the registrations by serial number.
         let mut ids = std::collections::HashMap::with_capacity(regs.len());
-        for row in txn.query_all(&upsert).await? {
+        for row in rows {
             ids.insert(
                 row.try_get::<String>("", "sn")?,
                 row.try_get::<i32>("", "id")?,
@@ -190,6 +203,34 @@ impl Registration {
             })
             .collect()
     }
+}
+
+/// The upsert of `rows` registrations, with `?` or `$n` placeholders. What the terminal did not report
+/// keeps its stored value; created_at, name and the admin's flags are never overwritten.
+fn registration_upsert_sql(backend: DbBackend, rows: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(512 + rows * 64);
+    sql.push_str("INSERT INTO \"terminals\" (");
+    for (i, column) in REGISTRATION_COLUMNS.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "\"{column}\"");
+    }
+    sql.push_str(") VALUES ");
+    push_placeholder_rows(&mut sql, backend, rows, REGISTRATION_COLUMNS.len());
+    sql.push_str(
+        " ON CONFLICT (\"sn\") DO UPDATE SET \"last_seen\" = \"excluded\".\"last_seen\", \
+         \"updated_at\" = \"excluded\".\"updated_at\"",
+    );
+    for column in ["model", "firmware", "devinfo"] {
+        let _ = write!(
+            sql,
+            ", \"{column}\" = COALESCE(\"excluded\".\"{column}\", \"terminals\".\"{column}\")"
+        );
+    }
+    sql.push_str(" RETURNING \"id\", \"sn\"");
+    sql
 }
 
 /// Rows per batched statement at most (a power of two; see [`power_of_two_chunks`]).
@@ -1310,6 +1351,8 @@ impl CommandState {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use sea_orm::sea_query::Query;
+    use sea_orm::QueryTrait;
 
     /// SQLite's plan for a built query, one line per step.
     pub(in crate::store) async fn sqlite_plan(
@@ -1363,6 +1406,86 @@ pub(super) mod tests {
                 sqlite_naive_time(&time),
                 time.format("%F %T%.f").to_string()
             );
+        }
+    }
+
+    /// The upsert as sea-orm and sea-query build it (what `Registration::upsert` did before its text was
+    /// written by hand): the reference for `registration_upsert_sql` and `Registration::values`.
+    fn sea_orm_registration_upsert(regs: &[&Registration], backend: DbBackend) -> Statement {
+        let keep_if_absent = |column: &str| {
+            Expr::cust(format!(
+                "COALESCE(\"excluded\".\"{column}\", \"terminals\".\"{column}\")"
+            ))
+        };
+        let on_conflict = OnConflict::column(terminal::Column::Sn)
+            .update_columns([terminal::Column::LastSeen, terminal::Column::UpdatedAt])
+            .value(terminal::Column::Model, keep_if_absent("model"))
+            .value(terminal::Column::Firmware, keep_if_absent("firmware"))
+            .value(terminal::Column::Devinfo, keep_if_absent("devinfo"))
+            .to_owned();
+        let rows = regs.iter().map(|reg| terminal::ActiveModel {
+            sn: Set(reg.sn.clone()),
+            model: Set(reg.model.clone()),
+            firmware: Set(reg.firmware.clone()),
+            devinfo: Set(reg.devinfo.clone()),
+            is_active: Set(true),
+            is_whitelisted: Set(false),
+            last_seen: Set(Some(reg.at)),
+            created_at: Set(reg.at),
+            updated_at: Set(reg.at),
+            ..Default::default()
+        });
+        let mut upsert = terminal::Entity::insert_many(rows)
+            .on_conflict(on_conflict)
+            .into_query();
+        upsert.returning(Query::returning().columns([terminal::Column::Id, terminal::Column::Sn]));
+        backend.build(&upsert)
+    }
+
+    #[test]
+    fn the_registration_upsert_is_what_sea_orm_builds() {
+        let at = DateTime::parse_from_rfc3339("2026-12-07T10:01:02.345678Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let regs = [
+            Registration {
+                sn: "SN-A".into(),
+                model: Some("TM20".into()),
+                firmware: Some("2.4".into()),
+                devinfo: Some(serde_json::json!({"usedface": 3, "modelname": "Zoë \"Z\""})),
+                at,
+            },
+            Registration {
+                sn: "SN-B".into(),
+                model: None,
+                firmware: None,
+                devinfo: None,
+                at: at + chrono::Duration::milliseconds(7),
+            },
+            Registration {
+                sn: "SN-C".into(),
+                model: Some("TM20-WIFI".into()),
+                firmware: None,
+                devinfo: Some(serde_json::json!([])),
+                at,
+            },
+        ];
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            for rows in 1..=regs.len() {
+                let batch: Vec<&Registration> = regs[..rows].iter().collect();
+                let built = sea_orm_registration_upsert(&batch, backend);
+                assert_eq!(
+                    registration_upsert_sql(backend, rows),
+                    built.sql,
+                    "{backend:?}, {rows} rows"
+                );
+                let ours: Vec<SqlValue> = batch.iter().flat_map(|reg| reg.values()).collect();
+                assert_eq!(
+                    Some(ours),
+                    built.values.map(|v| v.0),
+                    "{backend:?}, {rows} rows"
+                );
+            }
         }
     }
 
