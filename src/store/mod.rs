@@ -592,7 +592,7 @@ impl Store {
         let records = audit::AuditWriter::start_lingering(
             writer_connection(url, &db, false).await?,
             "command_records",
-            audit::MAX_BATCH,
+            audit::RECORD_BATCH,
             audit::QUEUE,
             audit::RECORD_LINGER,
         );
