@@ -197,18 +197,7 @@ fn record_values(row: &command::Model) -> [SqlValue; 15] {
 
 /// `INSERT INTO "commands" (…) VALUES (…), …` for `rows` rows, with `?` or `$n` placeholders.
 fn insert_records_sql(backend: DbBackend, rows: usize) -> String {
-    use std::fmt::Write;
-    let mut sql = String::with_capacity(256 + rows * 96);
-    sql.push_str("INSERT INTO \"commands\" (");
-    for (i, column) in RECORD_COLUMNS.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let _ = write!(sql, "\"{column}\"");
-    }
-    sql.push_str(") VALUES ");
-    super::push_placeholder_rows(&mut sql, backend, rows, RECORD_COLUMNS.len());
-    sql
+    super::insert_values_sql(backend, "commands", &RECORD_COLUMNS, rows)
 }
 
 async fn apply_one<C: ConnectionTrait>(db: &C, op: &AuditOp) -> Result<(), DbErr> {

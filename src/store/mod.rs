@@ -209,16 +209,7 @@ impl Registration {
 /// keeps its stored value; created_at, name and the admin's flags are never overwritten.
 fn registration_upsert_sql(backend: DbBackend, rows: usize) -> String {
     use std::fmt::Write;
-    let mut sql = String::with_capacity(512 + rows * 64);
-    sql.push_str("INSERT INTO \"terminals\" (");
-    for (i, column) in REGISTRATION_COLUMNS.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let _ = write!(sql, "\"{column}\"");
-    }
-    sql.push_str(") VALUES ");
-    push_placeholder_rows(&mut sql, backend, rows, REGISTRATION_COLUMNS.len());
+    let mut sql = insert_values_sql(backend, "terminals", &REGISTRATION_COLUMNS, rows);
     sql.push_str(
         " ON CONFLICT (\"sn\") DO UPDATE SET \"last_seen\" = \"excluded\".\"last_seen\", \
          \"updated_at\" = \"excluded\".\"updated_at\"",
@@ -442,6 +433,28 @@ fn insert_logs_sql(backend: DbBackend, rows: usize) -> String {
     sql.push_str(
         " ON CONFLICT (\"terminal_id\", \"enrollid\", \"time\", \"mode\", \"inout\", \"event\") DO NOTHING",
     );
+    sql
+}
+
+/// `INSERT INTO "table" ("column", …) VALUES (…), …` for `rows` rows, with `?` or `$n` placeholders, as
+/// sea-query writes it; callers append what follows (a conflict clause, RETURNING).
+pub(crate) fn insert_values_sql(
+    backend: DbBackend,
+    table: &str,
+    columns: &[&str],
+    rows: usize,
+) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(256 + rows * 8 * columns.len());
+    let _ = write!(sql, "INSERT INTO \"{table}\" (");
+    for (i, column) in columns.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "\"{column}\"");
+    }
+    sql.push_str(") VALUES ");
+    push_placeholder_rows(&mut sql, backend, rows, columns.len());
     sql
 }
 
