@@ -202,9 +202,10 @@ where
     let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
     let store = store.clone();
     // Each step boxed: inline, the task's future was as big as all of them together (sea-orm's and the
-    // session's futures are kilobytes), and tokio copies a task's whole future when it is spawned, when it
-    // is polled the first time and when it completes: ~130 KB of memcpy per forwarded command, 42 % of the
-    // device node's instructions (callgrind, BENCHMARKS.md session 13).
+    // session's futures are kilobytes), and that whole future was copied when tokio spawned the task, when an
+    // awaited step was moved into its slot and when tokio stored the task's output: memcpy was 154k of the
+    // device node's 368k instructions per forwarded command, 29k of 239k boxed (callgrind, BENCHMARKS.md
+    // session 13).
     let record = Box::pin(record);
     let admit = Box::pin(admit);
     actix_rt::spawn(async move {

@@ -25,12 +25,15 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// How long a transaction of finished live commands waits to fill up (their readers find them in memory
 /// meanwhile): every commit rewrites the index pages it touches, one per device in it, so the more rows share
 /// a commit, the fewer page writes each costs. With 20 ms and [`MAX_BATCH`] rows the SQLite writer thread
-/// spent 11.4–12.8 µs per command; with 50 ms and [`RECORD_BATCH`] rows 8.5 µs (100 terminals, ~20k
+/// spent 11.4–13.8 µs per command; with 50 ms and [`RECORD_BATCH`] rows 8.5–11.5 µs (100 terminals, ~20k
 /// commands/s: BENCHMARKS.md, session 13). The price: up to 50 ms more of rows that a power cut can lose
-/// (they are committed without fsync anyway), and up to [`RECORD_BATCH`] rows held in memory.
+/// (they are committed without fsync anyway), up to [`RECORD_BATCH`] rows held in memory, and on SQLite a
+/// full transaction holds the database's one write lock for ~10 ms (~3 ms with 256 rows), which another
+/// writer (registrations, attendance, a forwarded command's row) may wait out.
 pub(crate) const RECORD_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
-/// Rows of finished live commands one transaction carries at most. Below [`QUEUE`], so callers queue
-/// behind a full transaction without waiting; above what the linger collects at ~20k commands/s.
+/// Rows of finished live commands one transaction carries at most: above what the linger collects at ~20k
+/// commands/s. While the writer lingers the queue ([`QUEUE`]) fills at the command rate: past ~80k rows/s
+/// (4,096 per 50 ms) callers wait for room.
 pub(crate) const RECORD_BATCH: usize = 1024;
 /// Writes that may wait for the writer; callers beyond it wait for room (back-pressure, not growth).
 pub(crate) const QUEUE: usize = 4096;
