@@ -377,7 +377,7 @@ impl LogBatch {
         };
         let mut statements = Vec::with_capacity(records.len().div_ceil(INSERT_CHUNK));
         for chunk in records.chunks(INSERT_CHUNK) {
-            let mut values: Vec<SqlValue> = Vec::with_capacity(chunk.len() * LOG_COLUMNS);
+            let mut values: Vec<SqlValue> = Vec::with_capacity(chunk.len() * LOG_COLUMNS.len());
             for r in chunk {
                 let (time, raw): (SqlValue, SqlValue) = if sqlite {
                     // `to_string`, not `Display`: the same compact bytes, written straight into a buffer
@@ -415,7 +415,18 @@ impl LogBatch {
 }
 
 /// Columns of an attendance row as [`LogBatch`] inserts them.
-const LOG_COLUMNS: usize = 10;
+const LOG_COLUMNS: [&str; 10] = [
+    "terminal_id",
+    "enrollid",
+    "time",
+    "mode",
+    "inout",
+    "event",
+    "temp",
+    "verifymode",
+    "raw",
+    "received_at",
+];
 
 /// The INSERT of `rows` attendance rows, text only (the values are bound): what sea-query built from the same
 /// columns, written directly, because building it (and cloning every value into it) was a tenth of a batch's
@@ -424,12 +435,7 @@ const LOG_COLUMNS: usize = 10;
 /// `ux_attendance_logs_terminal_time_key`, holds the same columns led by the time; both databases match a
 /// conflict target to an index by its set of columns.)
 fn insert_logs_sql(backend: DbBackend, rows: usize) -> String {
-    let mut sql = String::with_capacity(256 + rows * 64);
-    sql.push_str(
-        "INSERT INTO \"attendance_logs\" (\"terminal_id\", \"enrollid\", \"time\", \"mode\", \"inout\", \"event\", \
-         \"temp\", \"verifymode\", \"raw\", \"received_at\") VALUES ",
-    );
-    push_placeholder_rows(&mut sql, backend, rows, LOG_COLUMNS);
+    let mut sql = insert_values_sql(backend, "attendance_logs", &LOG_COLUMNS, rows);
     sql.push_str(
         " ON CONFLICT (\"terminal_id\", \"enrollid\", \"time\", \"mode\", \"inout\", \"event\") DO NOTHING",
     );
@@ -1635,7 +1641,7 @@ pub(super) mod tests {
                     .on_conflict(OnConflict::columns(natural_key).do_nothing().to_owned());
                 for _ in 0..rows {
                     insert
-                        .values((0..LOG_COLUMNS as i32).map(|v| v.into()))
+                        .values((0..LOG_COLUMNS.len() as i32).map(|v| v.into()))
                         .expect("row");
                 }
                 assert_eq!(
