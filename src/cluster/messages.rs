@@ -99,4 +99,13 @@ pub enum ClusterEvent {
     NodeDead { node: String },
     /// `node` is shutting down gracefully.
     NodeLeaving { node: String },
+    /// `node`'s live-event subscribers went from none to some (`on`) or back to none; `stamp` orders its
+    /// changes (see `cluster::listeners`).
+    Listening { node: String, stamp: u64, on: bool },
+    /// `node` has taken in `of`'s change `stamp`: it publishes its live events for `of` from now on.
+    ListeningSeen {
+        node: String,
+        of: String,
+        stamp: u64,
+    },
 }

@@ -6,6 +6,7 @@
 //! - `{p}:epoch:{sn}`: the serial number's connection counter (`INCR`-like, raised by [`scripts::CLAIM`]);
 //! - `{p}:nodedevs:{node}`: the serial numbers a node holds (for listings and dead-node clean-up);
 //! - `{p}:node:{node}`: JSON [`NodeInfo`] with a TTL; `{p}:nodes`: sorted set node → last heartbeat (ms);
+//! - `{p}:listening:{node}`: whether the node has live-event subscribers (see [`listeners`]), same TTL;
 //! - channels `{p}:cmd:{node}` (requests to a node), `{p}:reply:{node}` (answers to a node), `{p}:events`
 //!   and `{p}:live`. A message on the last two is one JSON event or a JSON array of events: a node's
 //!   registrations and live events go out through one publisher task that puts everything waiting into one
@@ -14,6 +15,7 @@
 //!
 //! Owned by `startup::Application`; its two tasks (subscriber and heartbeat) live until the node stops.
 
+mod listeners;
 pub mod messages;
 mod scripts;
 
@@ -123,6 +125,24 @@ struct Inner {
     leaving: AtomicBool,
     /// The publisher task's queue (set by `start`).
     outgoing: OnceLock<tokio::sync::mpsc::Sender<(Topic, String)>>,
+    /// Which other nodes have live-event subscribers.
+    listeners: listeners::Directory,
+    /// This node's listening changes waiting for the other nodes to see them.
+    acks: listeners::Acks,
+    /// This node's own listening state as announced: (stamp, on).
+    listening: Mutex<(u64, bool)>,
+    /// Held while writing `{p}:listening:{node}`, so a heartbeat cannot overwrite a newer change with the older
+    /// state it read before.
+    listening_key: tokio::sync::Mutex<()>,
+    /// Stamps are this plus the event bus's change count, so they grow across restarts.
+    stamp_base: u64,
+    /// The event bus's listening changes (on, generation), for the task that announces them.
+    listening_changes: tokio::sync::mpsc::UnboundedSender<(bool, u64)>,
+    listening_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(bool, u64)>>>,
+    /// Raised at every (re)subscription to Redis; `subscribed` while the subscription lives. A reading of the
+    /// listening keys makes the directory known only if no subscription ended meanwhile.
+    subscription_generation: std::sync::atomic::AtomicU64,
+    subscribed: AtomicBool,
 }
 
 impl Cluster {
@@ -153,6 +173,8 @@ impl Cluster {
             .advertise_addr
             .clone()
             .unwrap_or_else(|| bound.to_string());
+        let stamp_base = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
+        let (listening_changes, listening_queue) = tokio::sync::mpsc::unbounded_channel();
         Ok(Cluster {
             inner: Arc::new(Inner {
                 node_id,
@@ -175,6 +197,15 @@ impl Cluster {
                 events: OnceLock::new(),
                 leaving: AtomicBool::new(false),
                 outgoing: OnceLock::new(),
+                listeners: listeners::Directory::default(),
+                acks: listeners::Acks::default(),
+                listening: Mutex::new((stamp_base, false)),
+                listening_key: tokio::sync::Mutex::new(()),
+                stamp_base,
+                listening_changes,
+                listening_queue: Mutex::new(Some(listening_queue)),
+                subscription_generation: std::sync::atomic::AtomicU64::new(0),
+                subscribed: AtomicBool::new(false),
             }),
         })
     }
@@ -200,13 +231,10 @@ impl Cluster {
         self.inner.conn.clone()
     }
 
-    /// Connects the node's live-events bus: local events go to the other nodes on `{prefix}:live`, and theirs
-    /// come to local subscribers.
+    /// Connects the node's live-events bus: local events go to the other nodes on `{prefix}:live` while some
+    /// node has a subscriber, and theirs come to local subscribers.
     pub fn attach_events(&self, bus: crate::events::EventBus) {
-        let cluster = self.clone();
-        bus.set_remote(Arc::new(move |event| {
-            cluster.publish_live(&event, None);
-        }));
+        bus.set_remote(Arc::new(LiveRemote(self.clone())));
         let _ = self.inner.events.set(bus);
     }
 
@@ -309,6 +337,15 @@ impl Cluster {
         let (tx, rx) = tokio::sync::mpsc::channel(PUBLISH_QUEUE);
         if self.inner.outgoing.set(tx).is_ok() {
             actix_rt::spawn(self.clone().publisher(rx));
+        }
+        if let Some(changes) = self
+            .inner
+            .listening_queue
+            .lock()
+            .ok()
+            .and_then(|mut q| q.take())
+        {
+            actix_rt::spawn(self.clone().announce_listening(changes));
         }
         actix_rt::spawn(self.clone().subscriber(executor));
         actix_rt::spawn(self.clone().heartbeat_loop());
@@ -503,7 +540,13 @@ impl Cluster {
         if let Ok(mut live) = self.inner.live.write() {
             live.remove(node);
         }
+        self.forget_listener(node);
         self.fail_pending_for(node);
+    }
+
+    fn forget_listener(&self, node: &str) {
+        self.inner.listeners.forget(node);
+        self.inner.acks.forget_node(node);
     }
 
     pub fn set_local_devices(&self, count: usize) {
@@ -521,8 +564,17 @@ impl Cluster {
             last_seen: now,
         };
         let ttl_ms = self.dead_after().as_millis() as u64 + 1000;
+        let _key = self.inner.listening_key.lock().await;
+        let (stamp, on) = self.own_listening();
         let mut pipe = redis::pipe();
+        // Before the listing below: a node listed has its key (see `read_listeners`).
         pipe.cmd("SET")
+            .arg(self.key(&["listening", &self.inner.node_id]))
+            .arg(listeners::encode(stamp, on))
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("SET")
             .arg(self.key(&["node", &self.inner.node_id]))
             .arg(serde_json::to_string(&info)?)
             .arg("PX")
@@ -589,6 +641,7 @@ impl Cluster {
             *slot = live;
         }
         for node in vanished {
+            self.forget_listener(&node);
             self.fail_pending_for(&node);
         }
         Ok(())
@@ -627,6 +680,7 @@ impl Cluster {
             let result = async {
                 self.announce().await?;
                 self.refresh_live().await?;
+                self.read_listeners().await?;
                 self.reap_dead_nodes().await
             }
             .await;
@@ -649,6 +703,122 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    // ---- live-event listeners (see `listeners`) -------------------------------------------------------
+
+    fn own_listening(&self) -> (u64, bool) {
+        self.inner
+            .listening
+            .lock()
+            .map(|own| *own)
+            .unwrap_or((self.inner.stamp_base, true))
+    }
+
+    /// Tells the other nodes of each change of this node's listening, one at a time and in order; confirms an
+    /// `on` to the bus once they have seen it (or after [`REDIS_TIMEOUT`]).
+    async fn announce_listening(
+        self,
+        mut changes: tokio::sync::mpsc::UnboundedReceiver<(bool, u64)>,
+    ) {
+        while let Some(mut change) = changes.recv().await {
+            // Only the latest state matters; its confirmation covers the older changes' waiters.
+            while let Ok(newer) = changes.try_recv() {
+                change = newer;
+            }
+            let (on, generation) = change;
+            let stamp = self.inner.stamp_base + generation;
+            if let Err(err) = self.tell_listening(stamp, on).await {
+                tracing::warn!(%err, on, "could not tell the cluster about this node's event subscribers");
+            }
+            if let Some(bus) = self.inner.events.get() {
+                bus.confirm_listening(generation);
+            }
+        }
+    }
+
+    async fn tell_listening(&self, stamp: u64, on: bool) -> Result<(), ClusterError> {
+        let ttl_ms = self.dead_after().as_millis() as u64 + 1000;
+        let mut conn = self.conn();
+        {
+            let _key = self.inner.listening_key.lock().await;
+            if let Ok(mut own) = self.inner.listening.lock() {
+                *own = (stamp, on);
+            }
+            // The key first: a node that reads the keys after this (one that starts now) sees the change even
+            // if it subscribed too late for the notice.
+            let () = timed(
+                redis::cmd("SET")
+                    .arg(self.key(&["listening", &self.inner.node_id]))
+                    .arg(listeners::encode(stamp, on))
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        }
+        // Read after the key was set: a node listed later read the key after it was set.
+        let others: HashSet<String> = if on {
+            self.live_nodes()
+                .await?
+                .into_iter()
+                .filter(|node| *node != self.inner.node_id && !self.is_dead(node))
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let waiting = others.len();
+        let seen = self.inner.acks.expect(stamp, others);
+        self.publish_event(&ClusterEvent::Listening {
+            node: self.inner.node_id.clone(),
+            stamp,
+            on,
+        })
+        .await;
+        if tokio::time::timeout(REDIS_TIMEOUT, seen).await.is_err() {
+            self.inner.acks.cancel(stamp);
+            tracing::warn!(
+                waiting,
+                "not every node confirmed this node's new event subscriber in time"
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads every live node's listening key; with no subscription lost meanwhile, the directory is then
+    /// known (notices cover what changes after the reading).
+    async fn read_listeners(&self) -> Result<(), ClusterError> {
+        let generation = self.inner.subscription_generation.load(Ordering::SeqCst);
+        let subscribed = self.inner.subscribed.load(Ordering::SeqCst);
+        let others: Vec<String> = match self.inner.live.read() {
+            Ok(live) => live
+                .iter()
+                .filter(|node| **node != self.inner.node_id)
+                .cloned()
+                .collect(),
+            Err(_) => return Ok(()),
+        };
+        if !others.is_empty() {
+            let keys: Vec<String> = others
+                .iter()
+                .map(|node| self.key(&["listening", node]))
+                .collect();
+            let mut conn = self.conn();
+            let values: Vec<Option<String>> =
+                timed(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
+            for (node, value) in others.iter().zip(values) {
+                match value.as_deref().and_then(listeners::decode) {
+                    Some((stamp, on)) => self.inner.listeners.apply(node, stamp, on),
+                    None => self.inner.listeners.assume_listening(node),
+                }
+            }
+        }
+        let still = self.inner.subscribed.load(Ordering::SeqCst)
+            && self.inner.subscription_generation.load(Ordering::SeqCst) == generation;
+        if subscribed && still {
+            self.inner.listeners.set_known(true);
+        }
+        Ok(())
     }
 
     // ---- forwarding -----------------------------------------------------------------------------------
@@ -765,6 +935,10 @@ impl Cluster {
                 }
             };
             backoff = Duration::from_millis(100);
+            self.inner
+                .subscription_generation
+                .fetch_add(1, Ordering::SeqCst);
+            self.inner.subscribed.store(true, Ordering::SeqCst);
             metrics::counter!("gatehouse_redis_reconnects_total").increment(1);
             tracing::info!(node = %self.inner.node_id, "subscribed to cluster channels");
             if let Some(registry) = self.inner.registry.get() {
@@ -786,6 +960,9 @@ impl Cluster {
                     self.on_event(&payload);
                 }
             }
+            // Notices may be lost until the next reading of the keys: publish everything meanwhile.
+            self.inner.subscribed.store(false, Ordering::SeqCst);
+            self.inner.listeners.set_known(false);
             tracing::warn!("lost the redis subscription; reconnecting");
         }
     }
@@ -864,6 +1041,20 @@ impl Cluster {
             {
                 self.mark_dead(&node);
             }
+            ClusterEvent::Listening { node, stamp, on } if node != self.inner.node_id => {
+                // Taken in before the answer goes out: from here on, this node's events are published.
+                self.inner.listeners.apply(&node, stamp, on);
+                if on {
+                    self.queue_event(&ClusterEvent::ListeningSeen {
+                        node: self.inner.node_id.clone(),
+                        of: node,
+                        stamp,
+                    });
+                }
+            }
+            ClusterEvent::ListeningSeen { node, of, stamp } if of == self.inner.node_id => {
+                self.inner.acks.seen(stamp, &node);
+            }
             _ => {}
         }
     }
@@ -888,6 +1079,23 @@ impl Cluster {
         if let Err(err) = timed::<()>(pipe.query_async(&mut conn)).await {
             tracing::warn!(%err, "could not remove this node from the cluster listing");
         }
+    }
+}
+
+/// The event bus's view of the other nodes.
+struct LiveRemote(Cluster);
+
+impl crate::events::Remote for LiveRemote {
+    fn wanted(&self) -> bool {
+        self.0.inner.listeners.wanted()
+    }
+
+    fn publish(&self, event: crate::events::Event) {
+        self.0.publish_live(&event, None);
+    }
+
+    fn listening(&self, on: bool, generation: u64) {
+        let _ = self.0.inner.listening_changes.send((on, generation));
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Devices and commands publish [`Event`]s on the node's [`EventBus`]; every subscriber whose topics match
 //! gets it in its own bounded queue (a slow subscriber loses its *oldest* events and is told so, and never
-//! slows a device). In cluster mode the bus also publishes each event on `{prefix}:live` in Redis, and
-//! delivers events from other nodes to its local subscribers, so a subscriber sees the whole cluster.
+//! slows a device). In cluster mode the bus also publishes each event on `{prefix}:live` in Redis while some
+//! other node has a subscriber, and delivers events from other nodes to its local subscribers, so a subscriber
+//! sees the whole cluster.
 //!
 //! Topics: `device:<sn>`, `kind:<tm20|ocpp|sxdm>`, an event type (`attendance`, `enrollment`, `online`,
 //! `offline`, `command`, `status`, `meter`, `transaction`), `room:<name>`, and `stats`.
@@ -168,8 +169,21 @@ pub struct Counters {
     pub events: AtomicU64,
 }
 
-/// Carries a locally published event to the other nodes of a cluster.
-pub type RemotePublisher = Arc<dyn Fn(Event) + Send + Sync>;
+/// The other nodes of a cluster, as the bus sees them.
+pub trait Remote: Send + Sync {
+    /// Whether some other node may have a subscriber (`true` while that is not known).
+    fn wanted(&self) -> bool;
+    /// Carries a locally published event to the other nodes.
+    fn publish(&self, event: Event);
+    /// This node's subscribers went from none to some (`on`) or back to none; `generation` grows with every
+    /// change. Once the other nodes know of an `on`, the remote calls [`EventBus::confirm_listening`] with its
+    /// generation (after a timeout, too: a new subscriber waits for that, not forever).
+    fn listening(&self, on: bool, generation: u64);
+}
+
+/// Longest a new subscriber waits for the other nodes to learn that this node listens (the cluster's own
+/// timeout is shorter; this only guards against a remote that never confirms).
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The node's event bus; cheap to clone.
 #[derive(Clone)]
@@ -182,7 +196,12 @@ struct BusInner {
     subscribers: RwLock<HashMap<Uuid, Arc<Subscription>>>,
     counters: Counters,
     /// Set in cluster mode: publishes to the other nodes.
-    remote: RwLock<Option<RemotePublisher>>,
+    remote: RwLock<Option<Arc<dyn Remote>>>,
+    /// Counts changes between "no subscriber" and "some" (see [`Remote::listening`]).
+    listening_generation: AtomicU64,
+    /// The generation of the last change to "some": a new subscriber is welcomed once it is confirmed.
+    listening_since: AtomicU64,
+    confirmed: tokio::sync::watch::Sender<u64>,
 }
 
 impl EventBus {
@@ -193,6 +212,9 @@ impl EventBus {
                 subscribers: RwLock::new(HashMap::new()),
                 counters: Counters::default(),
                 remote: RwLock::new(None),
+                listening_generation: AtomicU64::new(0),
+                listening_since: AtomicU64::new(0),
+                confirmed: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -205,13 +227,18 @@ impl EventBus {
         &self.inner.counters
     }
 
-    /// Cluster mode: `remote` carries every locally published event to the other nodes.
-    pub fn set_remote(&self, remote: RemotePublisher) {
+    /// Cluster mode: `remote` carries locally published events to the other nodes while they want them.
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
         if let Ok(mut slot) = self.inner.remote.write() {
             *slot = Some(remote);
         }
     }
 
+    fn remote(&self) -> Option<Arc<dyn Remote>> {
+        self.inner.remote.read().ok().and_then(|r| r.clone())
+    }
+
+    /// Adds a subscriber. In a cluster, wait for [`Self::ready`] before telling it that it is subscribed.
     pub fn subscribe(&self) -> Arc<Subscription> {
         let subscription = Arc::new(Subscription {
             id: Uuid::new_v4(),
@@ -223,14 +250,67 @@ impl EventBus {
         if let Ok(mut subscribers) = self.inner.subscribers.write() {
             subscribers.insert(subscription.id, Arc::clone(&subscription));
             metrics::gauge!("gatehouse_event_subscribers").set(subscribers.len() as f64);
+            if subscribers.len() == 1 {
+                // Told under the lock, so the remote sees on/off changes in the order they happened.
+                self.listening_changed(true);
+            }
         }
         subscription
     }
 
     pub fn unsubscribe(&self, id: Uuid) {
         if let Ok(mut subscribers) = self.inner.subscribers.write() {
-            subscribers.remove(&id);
+            if subscribers.remove(&id).is_some() && subscribers.is_empty() {
+                self.listening_changed(false);
+            }
             metrics::gauge!("gatehouse_event_subscribers").set(subscribers.len() as f64);
+        }
+    }
+
+    fn listening_changed(&self, on: bool) {
+        let Some(remote) = self.remote() else {
+            return;
+        };
+        let generation = self
+            .inner
+            .listening_generation
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if on {
+            self.inner
+                .listening_since
+                .store(generation, Ordering::Relaxed);
+        }
+        remote.listening(on, generation);
+    }
+
+    /// The remote has told the other nodes of the change numbered `generation` (or gave up waiting).
+    pub fn confirm_listening(&self, generation: u64) {
+        self.inner.confirmed.send_if_modified(|confirmed| {
+            let newer = generation > *confirmed;
+            if newer {
+                *confirmed = generation;
+            }
+            newer
+        });
+    }
+
+    /// Resolves once every node publishes its events for this node's subscribers: at once on a single node; in
+    /// a cluster when the other nodes have confirmed that this node listens (they skip publishing while no node
+    /// has a subscriber). A subscriber told "subscribed" before then could miss an event published after.
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let wanted = self.inner.listening_since.load(Ordering::Relaxed);
+        let mut confirmed = self.inner.confirmed.subscribe();
+        async move {
+            if *confirmed.borrow() >= wanted {
+                return;
+            }
+            let timed_out = tokio::time::timeout(READY_WAIT, confirmed.wait_for(|c| *c >= wanted))
+                .await
+                .is_err();
+            if timed_out {
+                tracing::warn!("the cluster did not confirm a new subscriber in time");
+            }
         }
     }
 
@@ -275,15 +355,9 @@ impl EventBus {
         self.publish_event(event);
     }
 
-    /// Whether a published event can reach anyone: a local subscriber, or the other nodes of a cluster.
+    /// Whether a published event can reach anyone: a local subscriber, or one on another node of a cluster.
     fn listened(&self) -> bool {
-        self.subscriber_count() > 0
-            || self
-                .inner
-                .remote
-                .read()
-                .map(|remote| remote.is_some())
-                .unwrap_or(true)
+        self.subscriber_count() > 0 || self.remote().is_some_and(|remote| remote.wanted())
     }
 
     /// A `command` event for a state change short of the outcome (`queued`, `sent`, `expired`, `cancelled`).
@@ -299,9 +373,8 @@ impl EventBus {
     /// Publishes a prepared event locally and to the other nodes.
     pub fn publish_event(&self, event: Event) {
         self.deliver_local(&event);
-        let remote = self.inner.remote.read().ok().and_then(|r| r.clone());
-        if let Some(remote) = remote {
-            remote(event);
+        if let Some(remote) = self.remote().filter(|remote| remote.wanted()) {
+            remote.publish(event);
         }
     }
 
@@ -359,6 +432,7 @@ pub struct RemoteEvent {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     #[test]
     fn topics_are_validated() {
@@ -439,14 +513,94 @@ mod tests {
         assert_eq!(sub.take(10).0.len(), 1);
         bus.unsubscribe(sub.id);
 
-        // In a cluster the other nodes may have subscribers.
-        let carried = Arc::new(AtomicU64::new(0));
-        let count = Arc::clone(&carried);
-        bus.set_remote(Arc::new(move |_event| {
-            count.fetch_add(1, Ordering::Relaxed);
-        }));
+        // In a cluster the other nodes may have subscribers: the event is built and carried only while they do.
+        let remote = Arc::new(FakeRemote::default());
+        bus.set_remote(remote.clone());
         bus.publish_with("attendance", Some("SN1"), Some("tm20"), data);
-        assert_eq!((built.get(), carried.load(Ordering::Relaxed)), (2, 1));
-        assert_eq!(bus.counters().events.load(Ordering::Relaxed), 3);
+        assert_eq!((built.get(), remote.carried()), (1, 0));
+        remote.wanted.store(true, Ordering::Relaxed);
+        bus.publish_with("attendance", Some("SN1"), Some("tm20"), data);
+        assert_eq!((built.get(), remote.carried()), (2, 1));
+        assert_eq!(bus.counters().events.load(Ordering::Relaxed), 4);
+    }
+
+    /// Records what the bus tells the other nodes.
+    #[derive(Default)]
+    struct FakeRemote {
+        wanted: std::sync::atomic::AtomicBool,
+        events: Mutex<Vec<Event>>,
+        changes: Mutex<Vec<(bool, u64)>>,
+    }
+
+    impl FakeRemote {
+        fn carried(&self) -> usize {
+            self.events.lock().unwrap().len()
+        }
+    }
+
+    impl Remote for FakeRemote {
+        fn wanted(&self) -> bool {
+            self.wanted.load(Ordering::Relaxed)
+        }
+        fn publish(&self, event: Event) {
+            self.events.lock().unwrap().push(event);
+        }
+        fn listening(&self, on: bool, generation: u64) {
+            self.changes.lock().unwrap().push((on, generation));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_subscriber_is_ready_once_the_cluster_knows_this_node_listens() {
+        let single = EventBus::new("n1".into());
+        let _alone = single.subscribe();
+        tokio::time::timeout(Duration::from_millis(100), single.ready())
+            .await
+            .expect("a single node is ready at once");
+
+        let bus = EventBus::new("n1".into());
+        let remote = Arc::new(FakeRemote::default());
+        bus.set_remote(remote.clone());
+        let first = bus.subscribe();
+        let ready = bus.ready();
+        let second = bus.subscribe();
+        assert_eq!(
+            *remote.changes.lock().unwrap(),
+            vec![(true, 1)],
+            "only the first one is a change"
+        );
+        let mut ready = Box::pin(ready);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut ready)
+                .await
+                .is_err(),
+            "not ready before the cluster confirmed"
+        );
+        bus.confirm_listening(1);
+        tokio::time::timeout(Duration::from_millis(100), ready)
+            .await
+            .expect("ready after the confirmation");
+        tokio::time::timeout(Duration::from_millis(100), bus.ready())
+            .await
+            .expect("later subscribers need no new confirmation");
+
+        bus.unsubscribe(first.id);
+        bus.unsubscribe(second.id);
+        bus.unsubscribe(second.id);
+        let _third = bus.subscribe();
+        assert_eq!(
+            *remote.changes.lock().unwrap(),
+            vec![(true, 1), (false, 2), (true, 3)]
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), bus.ready())
+                .await
+                .is_err(),
+            "listening again is a new change to confirm"
+        );
+        bus.confirm_listening(3);
+        tokio::time::timeout(Duration::from_millis(100), bus.ready())
+            .await
+            .expect("confirmed");
     }
 }

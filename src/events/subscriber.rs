@@ -1,5 +1,6 @@
 //! `GET /ws/events`: one actor per subscriber socket. It reads ops (`subscribe`, `unsubscribe`) and writes
-//! the events the bus queued for it; a `stats` subscription adds a timer.
+//! the events the bus queued for it; a `stats` subscription adds a timer. In a cluster it is welcomed once the
+//! other nodes know this node has a subscriber ([`EventBus::ready`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,7 +245,12 @@ impl Actor for EventSubscriber {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.send(&json!({"op": "welcome", "id": self.subscription.id}), ctx);
+        // In a cluster the other nodes publish for this node's subscribers only once they know it has some:
+        // the welcome (and any op, which `wait` holds back) comes after that, so nothing published after the
+        // welcome is missed.
+        ctx.wait(self.bus.ready().into_actor(self).map(|(), act, ctx| {
+            act.send(&json!({"op": "welcome", "id": act.subscription.id}), ctx);
+        }));
         let subscription = Arc::clone(&self.subscription);
         let wakes = futures_util::stream::unfold(subscription, |subscription| async move {
             subscription.notify.notified().await;

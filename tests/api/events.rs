@@ -318,6 +318,91 @@ async fn events_and_pushes_cross_nodes() {
     on_b.silent_for(Duration::from_millis(300)).await;
 }
 
+/// A node publishes its live events to Redis only while some other node has a subscriber, and a subscriber
+/// welcomed on another node misses nothing published after its welcome (no waiting in between).
+#[actix_rt::test]
+async fn nodes_publish_live_events_only_while_another_node_listens() {
+    let (redis, _own) = shared_redis().await;
+    let prefix = unique_prefix();
+    let (db, dir) = fresh_database().await;
+    let settings = |node: &'static str| {
+        let (redis, prefix) = (redis.clone(), prefix.clone());
+        move |s: &mut gatehouse::config::Settings| {
+            s.redis_url = Some(redis);
+            s.redis_prefix = prefix;
+            s.node_id = Some(node.into());
+            s.cluster_heartbeat_interval = Duration::from_millis(200);
+        }
+    };
+    let a = spawn_app_on(db.clone(), dir, settings("node-a")).await;
+    let b = spawn_app_on(db, None, settings("node-b")).await;
+    for node in [&a, &b] {
+        node.eventually("nodes listed", || async {
+            node.get("/api/nodes").await.1["items"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+        })
+        .await;
+    }
+    // What crosses the cluster, seen from Redis itself.
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut live = client.get_async_pubsub().await.unwrap();
+    live.subscribe(format!("{prefix}:live")).await.unwrap();
+    let mut live = live.into_on_message();
+    let sim = SimTerminal::connect(SimConfig::new(a.ws_url("/pub/chat"), "EVT0005"))
+        .await
+        .unwrap();
+    let mut punches = 0..;
+    // Sends a record on node a; whether its event went out on `{prefix}:live` within `wait`.
+    let mut published = async |wait: Duration| {
+        sim.send_logs(vec![punch(punches.next().unwrap())])
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, live.next()).await {
+            let payload: String = message.get_payload().unwrap();
+            if payload.contains("\"attendance\"") {
+                return true;
+            }
+        }
+        false
+    };
+    // Until node a has read the others' state it publishes everything; then nothing, as nobody listens.
+    let mut quiet = false;
+    for _ in 0..20 {
+        if !published(Duration::from_millis(300)).await {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(quiet, "node a kept publishing with no subscriber anywhere");
+
+    let mut on_b = Subscriber::connect(&b).await;
+    on_b.subscribe(&["attendance"]).await;
+    assert!(
+        published(READ_TIMEOUT).await,
+        "the record right after the welcome went out"
+    );
+    let event = on_b.wait_for(|f| f["type"] == "attendance").await;
+    assert_eq!(
+        (event["device"].as_str(), event["node"].as_str()),
+        (Some("EVT0005"), Some("node-a"))
+    );
+
+    drop(on_b);
+    let mut quiet = false;
+    for _ in 0..20 {
+        if !published(Duration::from_millis(300)).await {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(
+        quiet,
+        "node a kept publishing after the last subscriber left"
+    );
+}
+
 #[actix_rt::test]
 async fn command_events_follow_each_state_of_a_queued_command() {
     let app = spawn_app().await;
