@@ -94,6 +94,20 @@ impl GroupOp for AuditOp {
     }
 
     /// Finished live commands, the common case under load, go in as multi-row INSERTs.
+    fn one_statement(ops: &[&Self], backend: DbBackend) -> Option<(Statement, Vec<()>)> {
+        if ops.is_empty() || ops.len() > RECORD_CHUNK {
+            return None;
+        }
+        let records = ops
+            .iter()
+            .map(|op| match op {
+                AuditOp::Record(row, _) => Some(&**row),
+                _ => None,
+            })
+            .collect::<Option<Vec<&command::Model>>>()?;
+        Some((records_statement(backend, &records), vec![(); ops.len()]))
+    }
+
     async fn apply_all<'a>(
         ops: &'a [&'a Self],
         txn: &'a DatabaseTransaction,
@@ -144,18 +158,17 @@ async fn insert_records(
     if records.is_empty() {
         return Ok(());
     }
-    let backend = txn.get_database_backend();
+    txn.execute_raw(records_statement(txn.get_database_backend(), &records))
+        .await?;
+    Ok(())
+}
+
+fn records_statement(backend: DbBackend, records: &[&command::Model]) -> Statement {
     let mut values: Vec<SqlValue> = Vec::with_capacity(records.len() * RECORD_COLUMNS.len());
-    for row in &records {
+    for row in records {
         values.extend(record_values(row));
     }
-    txn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        insert_records_sql(backend, records.len()),
-        values,
-    ))
-    .await?;
-    Ok(())
+    Statement::from_sql_and_values(backend, insert_records_sql(backend, records.len()), values)
 }
 
 /// The columns of `commands`, in the entity's order (the order sea-orm's insert names them).
@@ -310,6 +323,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Only a batch of finished rows that fits one INSERT runs as one statement (without BEGIN and COMMIT
+    /// on SQLite); anything else keeps its transaction.
+    #[test]
+    fn only_batches_of_records_that_fit_one_insert_are_one_statement() {
+        let live = LiveCommands::default();
+        let record = || AuditOp::Record(Box::new(finished_row(Uuid::now_v7())), live.clone());
+        let records: Vec<AuditOp> = (0..RECORD_CHUNK + 1).map(|_| record()).collect();
+        let refs: Vec<&AuditOp> = records.iter().collect();
+        let (statement, outs) =
+            AuditOp::one_statement(&refs[..3], DbBackend::Sqlite).expect("three records");
+        assert_eq!(statement.sql, insert_records_sql(DbBackend::Sqlite, 3));
+        assert_eq!(
+            statement.values.map(|v| v.0.len()),
+            Some(3 * RECORD_COLUMNS.len())
+        );
+        assert_eq!(outs.len(), 3);
+        assert!(AuditOp::one_statement(&refs[..RECORD_CHUNK], DbBackend::Sqlite).is_some());
+        assert!(
+            AuditOp::one_statement(&refs, DbBackend::Sqlite).is_none(),
+            "more than one INSERT"
+        );
+        let sent = AuditOp::Sent {
+            id: Uuid::now_v7(),
+            at: Utc::now(),
+        };
+        assert!(AuditOp::one_statement(&[refs[0], &sent], DbBackend::Sqlite).is_none());
+        assert!(AuditOp::one_statement(&[], DbBackend::Sqlite).is_none());
     }
 
     /// Rows written by `insert_records` hold the same bytes as rows written by sea-orm's own insert, so
