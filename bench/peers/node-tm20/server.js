@@ -5,6 +5,12 @@
 // sockets. Like the reference peer, it keeps no per-command record.
 //
 //   npm install && PORT=17900 DB=/tmp/peer.db TOKEN=t node server.js
+//
+// Cluster mode (REDIS_URL and NODE_ID set), for the cross-node figure: a terminal's registration SETs
+// `peer:route:<sn>` to the node id; a command for a terminal held elsewhere GETs the route, is PUBLISHed on
+// `peer:cmd:<node>` with a correlation id, and the owner PUBLISHes the answer on `peer:reply:<requester>`
+// (ioredis, as the issue names); `GET /api/connected` lists the set `peer:devices`. Like Gatehouse's cluster,
+// nodes share the SQLite file. Use a Redis of its own: nothing is cleaned up between runs.
 'use strict';
 const http = require('http');
 const { WebSocketServer } = require('ws');
@@ -29,6 +35,61 @@ const insertLogs = db.transaction((sn, records) => {
 
 const sessions = new Map(); // sn -> { ws, connectedAt, waiting: [{resolve, timer}] }
 
+const nodeId = process.env.NODE_ID || `node-${port}`;
+const cluster = process.env.REDIS_URL ? (() => {
+  const Redis = require('ioredis');
+  const pub = new Redis(process.env.REDIS_URL);
+  const sub = new Redis(process.env.REDIS_URL);
+  const pending = new Map(); // correlation -> { resolve, timer }
+  let next = 0;
+  sub.subscribe(`peer:cmd:${nodeId}`, `peer:reply:${nodeId}`);
+  sub.on('message', (channel, text) => {
+    let m;
+    try { m = JSON.parse(text); } catch { return; }
+    if (channel === `peer:cmd:${nodeId}`) {
+      runLocal(m.sn, m.command, m.params).then(([status, body]) =>
+        pub.publish(`peer:reply:${m.from}`, JSON.stringify({ id: m.id, status, body })));
+    } else {
+      const waiter = pending.get(m.id);
+      if (waiter) { pending.delete(m.id); clearTimeout(waiter.timer); waiter.resolve([m.status, m.body]); }
+    }
+  });
+  return {
+    claim: (sn) => pub.multi().set(`peer:route:${sn}`, nodeId).sadd('peer:devices', sn).exec(),
+    release: (sn) => pub.srem('peer:devices', sn),
+    listed: () => pub.smembers('peer:devices'),
+    owner: (sn) => pub.get(`peer:route:${sn}`),
+    forward: (owner, sn, command, params) => new Promise((resolve) => {
+      const id = `${nodeId}:${next++}`;
+      const timer = setTimeout(() => { pending.delete(id); resolve([504, { error: 'device_timeout' }]); }, 10000);
+      pending.set(id, { resolve, timer });
+      pub.publish(`peer:cmd:${owner}`, JSON.stringify({ id, from: nodeId, sn, command, params }));
+    }),
+  };
+})() : null;
+
+// Sends a command to a terminal connected here; resolves to [status, body].
+function runLocal(sn, command, params) {
+  return new Promise((resolve) => {
+    const session = sessions.get(sn);
+    if (!session) return resolve([409, { error: 'not_connected' }]);
+    const started = Date.now();
+    const timer = setTimeout(() => {
+      const i = session.waiting.findIndex((w) => w.timer === timer);
+      if (i >= 0) session.waiting.splice(i, 1);
+      resolve([504, { error: 'device_timeout' }]);
+    }, 10000);
+    session.waiting.push({
+      timer,
+      resolve: (reply) => resolve([200, {
+        command, result: reply.result !== false, reply, elapsed_ms: Date.now() - started,
+      }]),
+    });
+    session.ws.send(JSON.stringify({ cmd: command, ...(params || {}) }));
+    return undefined;
+  });
+}
+
 function cloudtime() {
   return new Date().toISOString().replace('T', ' ').slice(0, 19);
 }
@@ -42,6 +103,10 @@ const server = http.createServer((req, res) => {
   if (req.url === '/healthz') return send(200, { status: 'ok' });
   if (req.headers.authorization !== `Bearer ${token}`) return send(401, { error: 'unauthorized' });
   if (req.method === 'GET' && req.url.startsWith('/api/connected')) {
+    if (cluster && !req.url.includes('scope=local')) {
+      cluster.listed().then((sns) => send(200, { items: sns.map((sn) => ({ sn, protocol: 'tm20' })) }));
+      return undefined;
+    }
     const items = [];
     for (const [sn, s] of sessions) items.push({ sn, protocol: 'tm20', connected_at: s.connectedAt });
     return send(200, { items });
@@ -54,21 +119,12 @@ const server = http.createServer((req, res) => {
       let body;
       try { body = JSON.parse(Buffer.concat(chunks)); } catch { return send(400, { error: 'bad_json' }); }
       if (!body || typeof body.command !== 'string') return send(400, { error: 'invalid_params' });
-      const session = sessions.get(m[1]);
-      if (!session) return send(409, { error: 'not_connected' });
-      const started = Date.now();
-      const timer = setTimeout(() => {
-        const i = session.waiting.findIndex((w) => w.timer === timer);
-        if (i >= 0) session.waiting.splice(i, 1);
-        send(504, { error: 'device_timeout' });
-      }, 10000);
-      session.waiting.push({
-        timer,
-        resolve: (reply) => send(200, {
-          command: body.command, result: reply.result !== false, reply, elapsed_ms: Date.now() - started,
-        }),
-      });
-      session.ws.send(JSON.stringify({ cmd: body.command, ...(body.params || {}) }));
+      const sn = m[1];
+      const answer = ([status, reply]) => send(status, reply);
+      if (sessions.has(sn) || !cluster) return runLocal(sn, body.command, body.params).then(answer);
+      return cluster.owner(sn).then((owner) => (owner && owner !== nodeId
+        ? cluster.forward(owner, sn, body.command, body.params)
+        : runLocal(sn, body.command, body.params))).then(answer);
     });
     return undefined;
   }
@@ -88,6 +144,7 @@ wss.on('connection', (ws) => {
       sessions.set(sn, { ws, connectedAt: new Date().toISOString(), waiting: [] });
       ws.send(JSON.stringify({ ret: 'reg', result: true, cloudtime: cloudtime() }));
       upsertTerminal.run(sn, new Date().toISOString());
+      if (cluster) cluster.claim(sn);
     } else if (frame.cmd === 'sendlog' && sn) {
       const records = Array.isArray(frame.record) ? frame.record : [];
       insertLogs(sn, records);
@@ -103,6 +160,7 @@ wss.on('connection', (ws) => {
     if (session && session.ws === ws) {
       for (const w of session.waiting) clearTimeout(w.timer);
       sessions.delete(sn);
+      if (cluster) cluster.release(sn);
     }
   });
 });
