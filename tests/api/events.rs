@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    fresh_database, shared_redis, spawn_app, spawn_app_on, unique_prefix, TestApp, READ_TIMEOUT,
-    TOKEN,
+    fresh_database, shared_redis, spawn_app, spawn_app_on, unique_prefix, RedisServer, TestApp,
+    READ_TIMEOUT, TOKEN,
 };
 
 type Ws =
@@ -270,15 +270,22 @@ async fn a_subscriber_that_does_not_read_is_told_it_lagged_and_devices_are_not_s
     assert!(lagged["dropped"].as_u64().unwrap() > 0, "{lagged}");
 }
 
-#[actix_rt::test]
-async fn events_and_pushes_cross_nodes() {
-    let (redis, _own) = shared_redis().await;
+/// The Redis two nodes share (kept running while this lives).
+struct SharedRedis {
+    url: String,
+    prefix: String,
+    _own: Option<RedisServer>,
+}
+
+/// Nodes a and b on one database and one Redis prefix, heartbeat 200 ms.
+async fn two_nodes() -> (TestApp, TestApp, SharedRedis) {
+    let (url, own) = shared_redis().await;
     let prefix = unique_prefix();
     let (db, dir) = fresh_database().await;
     let settings = |node: &'static str| {
-        let (redis, prefix) = (redis.clone(), prefix.clone());
+        let (url, prefix) = (url.clone(), prefix.clone());
         move |s: &mut gatehouse::config::Settings| {
-            s.redis_url = Some(redis);
+            s.redis_url = Some(url);
             s.redis_prefix = prefix;
             s.node_id = Some(node.into());
             s.cluster_heartbeat_interval = Duration::from_millis(200);
@@ -286,6 +293,20 @@ async fn events_and_pushes_cross_nodes() {
     };
     let a = spawn_app_on(db.clone(), dir, settings("node-a")).await;
     let b = spawn_app_on(db, None, settings("node-b")).await;
+    (
+        a,
+        b,
+        SharedRedis {
+            url,
+            prefix,
+            _own: own,
+        },
+    )
+}
+
+#[actix_rt::test]
+async fn events_and_pushes_cross_nodes() {
+    let (a, b, _redis) = two_nodes().await;
     let mut on_b = Subscriber::connect(&b).await;
     on_b.subscribe(&["attendance"]).await;
     // Subscriptions to Redis are asynchronous: wait until both nodes listen.
@@ -322,20 +343,7 @@ async fn events_and_pushes_cross_nodes() {
 /// welcomed on another node misses nothing published after its welcome (no waiting in between).
 #[actix_rt::test]
 async fn nodes_publish_live_events_only_while_another_node_listens() {
-    let (redis, _own) = shared_redis().await;
-    let prefix = unique_prefix();
-    let (db, dir) = fresh_database().await;
-    let settings = |node: &'static str| {
-        let (redis, prefix) = (redis.clone(), prefix.clone());
-        move |s: &mut gatehouse::config::Settings| {
-            s.redis_url = Some(redis);
-            s.redis_prefix = prefix;
-            s.node_id = Some(node.into());
-            s.cluster_heartbeat_interval = Duration::from_millis(200);
-        }
-    };
-    let a = spawn_app_on(db.clone(), dir, settings("node-a")).await;
-    let b = spawn_app_on(db, None, settings("node-b")).await;
+    let (a, b, redis) = two_nodes().await;
     for node in [&a, &b] {
         node.eventually("nodes listed", || async {
             node.get("/api/nodes").await.1["items"]
@@ -345,9 +353,11 @@ async fn nodes_publish_live_events_only_while_another_node_listens() {
         .await;
     }
     // What crosses the cluster, seen from Redis itself.
-    let client = redis::Client::open(redis.as_str()).unwrap();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut live = client.get_async_pubsub().await.unwrap();
-    live.subscribe(format!("{prefix}:live")).await.unwrap();
+    live.subscribe(format!("{}:live", redis.prefix))
+        .await
+        .unwrap();
     let mut live = live.into_on_message();
     let sim = SimTerminal::connect(SimConfig::new(a.ws_url("/pub/chat"), "EVT0005"))
         .await
