@@ -3,16 +3,18 @@
 //! node then parsed and dropped (a sixth of the cluster's CPU per command, measured in BENCHMARKS.md).
 //!
 //! Each node keeps `{p}:listening:{node}` (`<stamp>:<0|1>`) beside its announcement and publishes
-//! [`ClusterEvent::Listening`](super::ClusterEvent::Listening) on every change. Stamps grow (they start at the
-//! node's start time in microseconds), so a stale read never undoes a newer notice. A node that gains its first
-//! subscriber welcomes it only after every live node has answered `ListeningSeen`: from then on they publish
-//! for it, so it misses nothing published after its welcome. A node that cannot know (just started, or its
-//! Redis subscription broke and notices may have been lost) publishes everything until its next heartbeat
-//! has read every node's key again.
+//! [`ClusterEvent::Listening`](super::ClusterEvent::Listening) on every change. A node's notices arrive in the
+//! order it sent them, so a notice always replaces what is known of that node; a key read at a heartbeat may
+//! be older than a notice that came meanwhile, so it counts only when its stamp is newer (stamps grow: they
+//! start at the node's start time in microseconds). A node that gains its first subscriber welcomes it only
+//! after every live node has answered `ListeningSeen`: from then on they publish for it, so it misses nothing
+//! published after its welcome. A node that cannot know (just started, or its Redis subscription broke and
+//! notices may have been lost) publishes everything until its next heartbeat has read every node's key again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -25,9 +27,16 @@ pub struct Directory {
 
 #[derive(Default)]
 struct State {
-    /// node → (stamp of its last change, listening)
-    nodes: HashMap<String, (u64, bool)>,
+    nodes: HashMap<String, Entry>,
     known: bool,
+}
+
+struct Entry {
+    /// Of the node's last change; 0 for a node assumed to listen (one without a key).
+    stamp: u64,
+    on: bool,
+    /// When a notice or a reading last said something of the node.
+    heard: Instant,
 }
 
 impl Default for Directory {
@@ -51,17 +60,32 @@ impl Directory {
             return;
         };
         change(&mut state);
-        let wanted = !state.known || state.nodes.values().any(|(_, on)| *on);
+        let wanted = !state.known || state.nodes.values().any(|entry| entry.on);
         self.wanted.store(wanted, Ordering::Relaxed);
     }
 
-    /// A change of `node` (a notice, or its key read at a heartbeat): kept unless a newer one is known.
-    pub fn apply(&self, node: &str, stamp: u64, on: bool) {
-        self.update(|state| match state.nodes.get_mut(node) {
-            Some(known) if known.0 >= stamp => {}
-            Some(known) => *known = (stamp, on),
-            None => {
-                state.nodes.insert(node.to_owned(), (stamp, on));
+    /// A notice from `node`: what it says now.
+    pub fn notice(&self, node: &str, stamp: u64, on: bool) {
+        self.update(|state| {
+            let heard = Instant::now();
+            state
+                .nodes
+                .insert(node.to_owned(), Entry { stamp, on, heard });
+        });
+    }
+
+    /// `node`'s key as read at a heartbeat: kept unless a newer change is known.
+    pub fn read(&self, node: &str, stamp: u64, on: bool) {
+        self.update(|state| {
+            let heard = Instant::now();
+            match state.nodes.get_mut(node) {
+                Some(known) if known.stamp >= stamp => known.heard = heard,
+                Some(known) => *known = Entry { stamp, on, heard },
+                None => {
+                    state
+                        .nodes
+                        .insert(node.to_owned(), Entry { stamp, on, heard });
+                }
             }
         });
     }
@@ -69,8 +93,31 @@ impl Directory {
     /// A live node without a key (a node of an older version): assume it listens.
     pub fn assume_listening(&self, node: &str) {
         self.update(|state| {
-            state.nodes.entry(node.to_owned()).or_insert((0, true));
+            let heard = Instant::now();
+            state
+                .nodes
+                .entry(node.to_owned())
+                .and_modify(|entry| entry.heard = heard)
+                .or_insert(Entry {
+                    stamp: 0,
+                    on: true,
+                    heard,
+                });
         });
+    }
+
+    /// Whether `node` is only assumed to listen (it has no key: it will not answer a notice either).
+    pub fn assumed(&self, node: &str) -> bool {
+        self.state
+            .lock()
+            .map(|state| state.nodes.get(node).is_some_and(|entry| entry.stamp == 0))
+            .unwrap_or(false)
+    }
+
+    /// Drops nodes not heard of for `quiet`: a node that left while a reading of its key was on the way
+    /// would otherwise stay, listening, for good.
+    pub fn forget_quiet(&self, quiet: Duration) {
+        self.update(|state| state.nodes.retain(|_, entry| entry.heard.elapsed() < quiet));
     }
 
     /// `node` is gone.
@@ -177,21 +224,37 @@ mod tests {
         assert!(directory.wanted(), "not known yet: publish everything");
         directory.set_known(true);
         assert!(!directory.wanted(), "nobody listens");
-        directory.apply("b", 10, true);
+        directory.notice("b", 10, true);
         assert!(directory.wanted());
-        directory.apply("b", 9, false);
+        directory.read("b", 9, false);
         assert!(
             directory.wanted(),
             "a stale read does not undo a newer notice"
         );
-        directory.apply("b", 11, false);
-        assert!(!directory.wanted());
+        directory.read("b", 11, false);
+        assert!(!directory.wanted(), "a newer read counts");
+        directory.notice("b", 5, true);
+        assert!(
+            directory.wanted(),
+            "a notice is the node's latest word, whatever its clock says"
+        );
+        directory.notice("b", 6, false);
         directory.assume_listening("b");
         assert!(!directory.wanted(), "b's own state is known");
+        assert!(!directory.assumed("b"));
         directory.assume_listening("old");
         assert!(directory.wanted(), "a node without a key may listen");
+        assert!(directory.assumed("old"));
         directory.forget("old");
         assert!(!directory.wanted());
+        directory.notice("gone", 1, true);
+        std::thread::sleep(Duration::from_millis(20));
+        directory.read("b", 6, false);
+        directory.forget_quiet(Duration::from_millis(10));
+        assert!(
+            !directory.wanted(),
+            "a node not heard of for long is dropped"
+        );
         directory.set_known(false);
         assert!(directory.wanted(), "notices may have been missed");
     }

@@ -728,16 +728,17 @@ impl Cluster {
             }
             let (on, generation) = change;
             let stamp = self.inner.stamp_base + generation;
-            if let Err(err) = self.tell_listening(stamp, on).await {
-                tracing::warn!(%err, on, "could not tell the cluster about this node's event subscribers");
-            }
+            self.tell_listening(stamp, on).await;
             if let Some(bus) = self.inner.events.get() {
                 bus.confirm_listening(generation);
             }
         }
     }
 
-    async fn tell_listening(&self, stamp: u64, on: bool) -> Result<(), ClusterError> {
+    /// Sets this node's key, publishes the notice and (for an `on`) waits for every live node's answer, at
+    /// most [`REDIS_TIMEOUT`]. A failed step is logged and the rest still tried: whoever did not hear the notice
+    /// reads the key at its next heartbeat, and while Redis fails no event crosses nodes anyway.
+    async fn tell_listening(&self, stamp: u64, on: bool) {
         let ttl_ms = self.dead_after().as_millis() as u64 + 1000;
         let mut conn = self.conn();
         {
@@ -747,7 +748,7 @@ impl Cluster {
             }
             // The key first: a node that reads the keys after this (one that starts now) sees the change even
             // if it subscribed too late for the notice.
-            let () = timed(
+            let set: Result<(), ClusterError> = timed(
                 redis::cmd("SET")
                     .arg(self.key(&["listening", &self.inner.node_id]))
                     .arg(listeners::encode(stamp, on))
@@ -755,14 +756,30 @@ impl Cluster {
                     .arg(ttl_ms)
                     .query_async(&mut conn),
             )
-            .await?;
+            .await;
+            if let Err(err) = set {
+                tracing::warn!(%err, on, "could not record this node's event subscribers in redis");
+            }
         }
-        // Read after the key was set: a node listed later read the key after it was set.
         let others: HashSet<String> = if on {
-            self.live_nodes()
-                .await?
+            // Read after the key was set: a node listed later read the key after it was set.
+            let listed = match self.live_nodes().await {
+                Ok(nodes) => nodes,
+                Err(_) => self
+                    .inner
+                    .live
+                    .read()
+                    .map(|live| live.iter().cloned().collect())
+                    .unwrap_or_default(),
+            };
+            listed
                 .into_iter()
-                .filter(|node| *node != self.inner.node_id && !self.is_dead(node))
+                .filter(|node| {
+                    *node != self.inner.node_id
+                        && !self.is_dead(node)
+                        // A node without a key (an older version) publishes everything and answers nothing.
+                        && !self.inner.listeners.assumed(node)
+                })
                 .collect()
         } else {
             HashSet::new()
@@ -782,7 +799,6 @@ impl Cluster {
                 "not every node confirmed this node's new event subscriber in time"
             );
         }
-        Ok(())
     }
 
     /// Reads every live node's listening key; with no subscription lost meanwhile, the directory is then
@@ -808,11 +824,16 @@ impl Cluster {
                 timed(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
             for (node, value) in others.iter().zip(values) {
                 match value.as_deref().and_then(listeners::decode) {
-                    Some((stamp, on)) => self.inner.listeners.apply(node, stamp, on),
+                    Some((stamp, on)) => self.inner.listeners.read(node, stamp, on),
                     None => self.inner.listeners.assume_listening(node),
                 }
             }
         }
+        // Live nodes were just heard of; one that left stops counting after a while even if a late notice
+        // or reading brought it back.
+        self.inner
+            .listeners
+            .forget_quiet(self.dead_after() + self.inner.heartbeat);
         let still = self.inner.subscribed.load(Ordering::SeqCst)
             && self.inner.subscription_generation.load(Ordering::SeqCst) == generation;
         if subscribed && still {
@@ -1043,7 +1064,7 @@ impl Cluster {
             }
             ClusterEvent::Listening { node, stamp, on } if node != self.inner.node_id => {
                 // Taken in before the answer goes out: from here on, this node's events are published.
-                self.inner.listeners.apply(&node, stamp, on);
+                self.inner.listeners.notice(&node, stamp, on);
                 if on {
                     self.queue_event(&ClusterEvent::ListeningSeen {
                         node: self.inner.node_id.clone(),
@@ -1074,6 +1095,9 @@ impl Cluster {
             .ignore()
             .cmd("DEL")
             .arg(self.key(&["node", &self.inner.node_id]))
+            .ignore()
+            .cmd("DEL")
+            .arg(self.key(&["listening", &self.inner.node_id]))
             .ignore();
         let mut conn = self.conn();
         if let Err(err) = timed::<()>(pipe.query_async(&mut conn)).await {

@@ -93,7 +93,7 @@ impl GroupOp for AuditOp {
         }
     }
 
-    /// Finished live commands, the common case under load, go in as multi-row INSERTs.
+    /// A batch of finished live commands' rows that fits one INSERT (see [`GroupOp::one_statement`]).
     fn one_statement(ops: &[&Self], backend: DbBackend) -> Option<(Statement, Vec<()>)> {
         if ops.is_empty() || ops.len() > RECORD_CHUNK {
             return None;
@@ -108,6 +108,7 @@ impl GroupOp for AuditOp {
         Some((records_statement(backend, &records), vec![(); ops.len()]))
     }
 
+    /// Finished live commands, the common case under load, go in as multi-row INSERTs.
     async fn apply_all<'a>(
         ops: &'a [&'a Self],
         txn: &'a DatabaseTransaction,

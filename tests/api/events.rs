@@ -365,13 +365,13 @@ async fn nodes_publish_live_events_only_while_another_node_listens() {
     let mut punches = 0..;
     // Sends a record on node a; whether its event went out on `{prefix}:live` within `wait`.
     let mut published = async |wait: Duration| {
-        sim.send_logs(vec![punch(punches.next().unwrap())])
-            .await
-            .unwrap();
+        let record = punch(punches.next().unwrap());
+        let time = record["time"].as_str().unwrap().to_owned();
+        sim.send_logs(vec![record]).await.unwrap();
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, live.next()).await {
             let payload: String = message.get_payload().unwrap();
-            if payload.contains("\"attendance\"") {
+            if payload.contains("\"attendance\"") && payload.contains(&time) {
                 return true;
             }
         }
@@ -387,7 +387,14 @@ async fn nodes_publish_live_events_only_while_another_node_listens() {
     }
     assert!(quiet, "node a kept publishing with no subscriber anywhere");
 
+    let welcomed = std::time::Instant::now();
     let mut on_b = Subscriber::connect(&b).await;
+    // Node a answered b's notice: no wait for the 2 s time-out that covers a node that does not answer.
+    assert!(
+        welcomed.elapsed() < Duration::from_millis(1500),
+        "welcomed after {:?}",
+        welcomed.elapsed()
+    );
     on_b.subscribe(&["attendance"]).await;
     assert!(
         published(READ_TIMEOUT).await,
