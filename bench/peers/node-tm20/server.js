@@ -40,6 +40,7 @@ const cluster = process.env.REDIS_URL ? (() => {
   const Redis = require('ioredis');
   const pub = new Redis(process.env.REDIS_URL);
   const sub = new Redis(process.env.REDIS_URL);
+  const logged = (err) => console.error('redis:', err.message);
   const pending = new Map(); // correlation -> { resolve, timer }
   let next = 0;
   sub.subscribe(`peer:cmd:${nodeId}`, `peer:reply:${nodeId}`);
@@ -48,22 +49,25 @@ const cluster = process.env.REDIS_URL ? (() => {
     try { m = JSON.parse(text); } catch { return; }
     if (channel === `peer:cmd:${nodeId}`) {
       runLocal(m.sn, m.command, m.params).then(([status, body]) =>
-        pub.publish(`peer:reply:${m.from}`, JSON.stringify({ id: m.id, status, body })));
+        pub.publish(`peer:reply:${m.from}`, JSON.stringify({ id: m.id, status, body }))).catch(logged);
     } else {
       const waiter = pending.get(m.id);
       if (waiter) { pending.delete(m.id); clearTimeout(waiter.timer); waiter.resolve([m.status, m.body]); }
     }
   });
   return {
-    claim: (sn) => pub.multi().set(`peer:route:${sn}`, nodeId).sadd('peer:devices', sn).exec(),
-    release: (sn) => pub.srem('peer:devices', sn),
+    claim: (sn) => pub.multi().set(`peer:route:${sn}`, nodeId).sadd('peer:devices', sn).exec().catch(logged),
+    // Only while the route is still ours: the terminal may have reconnected to another node.
+    release: (sn) => pub.get(`peer:route:${sn}`)
+      .then((owner) => (owner === nodeId ? pub.multi().del(`peer:route:${sn}`).srem('peer:devices', sn).exec() : null))
+      .catch(logged),
     listed: () => pub.smembers('peer:devices'),
     owner: (sn) => pub.get(`peer:route:${sn}`),
     forward: (owner, sn, command, params) => new Promise((resolve) => {
       const id = `${nodeId}:${next++}`;
       const timer = setTimeout(() => { pending.delete(id); resolve([504, { error: 'device_timeout' }]); }, 10000);
       pending.set(id, { resolve, timer });
-      pub.publish(`peer:cmd:${owner}`, JSON.stringify({ id, from: nodeId, sn, command, params }));
+      pub.publish(`peer:cmd:${owner}`, JSON.stringify({ id, from: nodeId, sn, command, params })).catch(logged);
     }),
   };
 })() : null;
@@ -104,7 +108,8 @@ const server = http.createServer((req, res) => {
   if (req.headers.authorization !== `Bearer ${token}`) return send(401, { error: 'unauthorized' });
   if (req.method === 'GET' && req.url.startsWith('/api/connected')) {
     if (cluster && !req.url.includes('scope=local')) {
-      cluster.listed().then((sns) => send(200, { items: sns.map((sn) => ({ sn, protocol: 'tm20' })) }));
+      cluster.listed().then((sns) => send(200, { items: sns.map((sn) => ({ sn, protocol: 'tm20' })) }))
+        .catch(() => send(503, { error: 'redis_unavailable' }));
       return undefined;
     }
     const items = [];
@@ -124,7 +129,7 @@ const server = http.createServer((req, res) => {
       if (sessions.has(sn) || !cluster) return runLocal(sn, body.command, body.params).then(answer);
       return cluster.owner(sn).then((owner) => (owner && owner !== nodeId
         ? cluster.forward(owner, sn, body.command, body.params)
-        : runLocal(sn, body.command, body.params))).then(answer);
+        : runLocal(sn, body.command, body.params))).then(answer, () => send(503, { error: 'redis_unavailable' }));
     });
     return undefined;
   }
