@@ -181,8 +181,9 @@ pub trait Remote: Send + Sync {
     fn listening(&self, on: bool, generation: u64);
 }
 
-/// Longest a new subscriber waits for the other nodes to learn that this node listens (the cluster's own
-/// timeout is shorter; this only guards against a remote that never confirms).
+/// Longest a new subscriber waits for the other nodes to learn that this node listens. The cluster confirms
+/// within 2 s of its notice even when a node does not answer; this bounds the wait when Redis itself stalls
+/// (each of the cluster's steps may then take its own 2 s time-out) or a remote never confirms.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The node's event bus; cheap to clone.
