@@ -553,6 +553,21 @@ impl Cluster {
         self.inner.devices.store(count, Ordering::Relaxed);
     }
 
+    /// How long `{p}:node:{id}` and `{p}:listening:{id}` outlive the node's last heartbeat.
+    fn announcement_ttl_ms(&self) -> u64 {
+        self.dead_after().as_millis() as u64 + 1000
+    }
+
+    /// Adds the SET of this node's listening key (`stamp`, `on`) to `pipe`.
+    fn set_listening_key(&self, pipe: &mut redis::Pipeline, stamp: u64, on: bool) {
+        pipe.cmd("SET")
+            .arg(self.key(&["listening", &self.inner.node_id]))
+            .arg(listeners::encode(stamp, on))
+            .arg("PX")
+            .arg(self.announcement_ttl_ms())
+            .ignore();
+    }
+
     async fn announce(&self) -> Result<(), ClusterError> {
         let now = Utc::now();
         let info = NodeInfo {
@@ -563,18 +578,13 @@ impl Cluster {
             devices: self.inner.devices.load(Ordering::Relaxed),
             last_seen: now,
         };
-        let ttl_ms = self.dead_after().as_millis() as u64 + 1000;
+        let ttl_ms = self.announcement_ttl_ms();
         let _key = self.inner.listening_key.lock().await;
         let (stamp, on) = self.own_listening();
         let mut pipe = redis::pipe();
         // Before the listing below: a node listed has its key (see `read_listeners`).
+        self.set_listening_key(&mut pipe, stamp, on);
         pipe.cmd("SET")
-            .arg(self.key(&["listening", &self.inner.node_id]))
-            .arg(listeners::encode(stamp, on))
-            .arg("PX")
-            .arg(ttl_ms)
-            .ignore()
-            .cmd("SET")
             .arg(self.key(&["node", &self.inner.node_id]))
             .arg(serde_json::to_string(&info)?)
             .arg("PX")
@@ -739,7 +749,6 @@ impl Cluster {
     /// most [`REDIS_TIMEOUT`]. A failed step is logged and the rest still tried: whoever did not hear the notice
     /// reads the key at its next heartbeat, and while Redis fails no event crosses nodes anyway.
     async fn tell_listening(&self, stamp: u64, on: bool) {
-        let ttl_ms = self.dead_after().as_millis() as u64 + 1000;
         let mut conn = self.conn();
         {
             let _key = self.inner.listening_key.lock().await;
@@ -748,15 +757,9 @@ impl Cluster {
             }
             // The key first: a node that reads the keys after this (one that starts now) sees the change even
             // if it subscribed too late for the notice.
-            let set: Result<(), ClusterError> = timed(
-                redis::cmd("SET")
-                    .arg(self.key(&["listening", &self.inner.node_id]))
-                    .arg(listeners::encode(stamp, on))
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut conn),
-            )
-            .await;
+            let mut pipe = redis::pipe();
+            self.set_listening_key(&mut pipe, stamp, on);
+            let set: Result<(), ClusterError> = timed(pipe.query_async(&mut conn)).await;
             if let Err(err) = set {
                 tracing::warn!(%err, on, "could not record this node's event subscribers in redis");
             }
